@@ -1,0 +1,239 @@
+"""Profiles, parameter validation, seeding, device choice and run outputs.
+
+Every chapter's second code cell calls :func:`configure`, which resolves the chapter's knobs from
+its profile (``ci`` or ``full``), applies overrides, validates every value before any work starts,
+seeds ``random``, ``numpy`` and ``torch``, picks the device and pins torch to one CPU thread.
+The CLI calls the same :func:`resolve` before it starts papermill, so a bad value fails in the
+same words whether it comes from ``theorylab run -p`` or from an edited notebook.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+PROFILES = ("ci", "full")
+RUN_DIR_ENV = "THEORYLAB_RUN_DIR"
+"""Environment variable naming the folder where a run writes ``metrics.json`` (set by the CLI)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One chapter knob: its type, its value in each profile, and what values are allowed."""
+
+    kind: type
+    ci: Any
+    full: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple | None = None
+
+    def validate(self, name: str, value: Any) -> Any:
+        """Return ``value`` converted to :attr:`kind`, or raise ``ValueError`` naming the problem."""
+        allowed = self.describe()
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                    value = int(value)
+                else:
+                    raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+            value = int(value)
+        elif self.kind is float:
+            if isinstance(value, bool):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}") from None
+            if not np.isfinite(value):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+        elif self.kind is str:
+            if not isinstance(value, str):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+        return value
+
+    def describe(self) -> str:
+        text = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
+        if self.minimum is not None:
+            text += f" >= {self.minimum:g}"
+        if self.choices is not None:
+            text += f" in {list(self.choices)}"
+        return text
+
+
+@dataclass(frozen=True)
+class ChapterSpec:
+    """A chapter of the book: its notebook, its knobs, and how long each profile takes."""
+
+    name: str
+    title: str
+    notebook: str
+    params: dict[str, Param]
+    ci_seconds: float
+    full_minutes: float
+    full_note: str = ""
+
+
+CHAPTERS: dict[str, ChapterSpec] = {
+    "contract-design": ChapterSpec(
+        name="contract-design",
+        title="Contract design through implicit differentiation",
+        notebook="chapters/contract-design.ipynb",
+        params={
+            "n_starts": Param(int, 20, 90, "random starts per recovery experiment", minimum=1),
+            "scaling_sizes": Param(str, "1000,10000", "1000,10000,100000,1000000",
+                                   "comma-separated numbers of tasks for the scaling run"),
+            "dense_max": Param(int, 4000, 20000, "largest n solved densely for comparison", minimum=2),
+            "mc_replications": Param(int, 100, 400, "replications per sample size (Monte Carlo)",
+                                     minimum=2),
+            "mc_max_log2": Param(int, 11, 14, "largest Monte-Carlo sample size, as a power of 2",
+                                 minimum=3),
+            "cap_max": Param(float, 2.0, 50.0, "largest cap on the logistic bonus", minimum=0.5),
+            "logistic_starts": Param(int, 6, 90, "starts per cap for logistic pay", minimum=1),
+        },
+        ci_seconds=60,
+        full_minutes=15,
+        full_note="n up to 10^6 tasks on a GPU, 90 starts, caps up to 50, 400 replications",
+    ),
+}
+
+
+def chapter(name: str) -> ChapterSpec:
+    """The chapter called ``name``; ``ValueError`` listing the known chapters otherwise."""
+    if name not in CHAPTERS:
+        raise ValueError(f"unknown chapter {name!r}; known chapters: {', '.join(sorted(CHAPTERS))}")
+    return CHAPTERS[name]
+
+
+def check_profile(profile: Any) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
+    return profile
+
+
+def check_device(device: Any) -> str:
+    """Validate a device string ``auto|cpu|cuda|cuda:N`` against the hardware present.
+
+    ``auto`` resolves to ``cuda`` when a GPU is visible and to ``cpu`` otherwise; asking for CUDA
+    on a machine without it is an error, not a silent fall-back.
+    """
+    import torch
+
+    if not isinstance(device, str):
+        raise ValueError(f"device: got {device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise ValueError(f"device: got {device!r}, expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: got {seed!r}, expected a non-negative integer")
+    return int(seed)
+
+
+def resolve(chapter_name: str, profile: str = "ci", device: str = "auto", seed: int = 0,
+            **overrides: Any) -> dict[str, Any]:
+    """Resolve and validate every parameter of a chapter; no side effects.
+
+    A knob given as ``None`` takes its profile value. Unknown knobs, bad types and out-of-range
+    values raise ``ValueError`` with the parameter's name, the value given and what is allowed.
+    """
+    spec = chapter(chapter_name)
+    profile = check_profile(profile)
+    resolved: dict[str, Any] = {"profile": profile, "device": check_device(device), "seed": check_seed(seed)}
+    unknown = sorted(set(overrides) - set(spec.params))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for chapter {chapter_name!r}; "
+                         f"known: {sorted(spec.params)}")
+    for name, param in spec.params.items():
+        value = overrides.get(name)
+        resolved[name] = param.validate(name, getattr(param, profile) if value is None else value)
+    return resolved
+
+
+@dataclass
+class Config:
+    """What a chapter runs with: resolved knobs, the torch device and a metrics recorder."""
+
+    chapter: str
+    profile: str
+    device: Any
+    seed: int
+    params: dict[str, Any]
+    run_dir: Path | None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(name)
+
+    def record(self, check: str, **values: Any) -> None:
+        """Store the numbers a check cell asserted on; written to ``metrics.json`` in a CLI run."""
+        self.metrics[check] = {k: _jsonable(v) for k, v in values.items()}
+        if self.run_dir is not None:
+            path = self.run_dir / "metrics.json"
+            path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
+                                        "seed": self.seed, "params": self.params,
+                                        "checks": self.metrics}, indent=2))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, ``numpy`` and ``torch`` (CPU and CUDA) with ``seed``."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapter: str,
+              threads: int | None = 1, **overrides: Any) -> Config:
+    """Validate a chapter's parameters, then seed, pick the device and set torch's threads.
+
+    ``threads=1`` (the default) pins torch's intra-op pool to one thread: on a 2-core machine a small
+    training step or a level-1 BLAS call is many times slower with two. ``threads=None`` leaves
+    torch's default.
+    """
+    import torch
+
+    values = resolve(chapter, profile, device, seed, **overrides)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads: got {threads!r}, expected a positive integer or None")
+        torch.set_num_threads(threads)
+    seed_everything(values["seed"])
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed")}
+    return Config(chapter=chapter, profile=values["profile"], device=torch.device(values["device"]),
+                  seed=values["seed"], params=params, run_dir=Path(run_dir) if run_dir else None)

@@ -211,8 +211,11 @@ class CaraNormal(ContractEnv):
     """Single-task Holmström–Milgrom (S2): :math:`x = a + \\varepsilon`, :math:`w = \\alpha + \\beta x`.
 
     CE less :math:`\\alpha`: :math:`\\beta a - c a^2/2 - \\mathrm{RP}(\\beta)`, with the risk premium
-    :math:`\\mathrm{RP} = r\\beta^2\\sigma^2/2`, or, when ``noise`` draws are given (S9), the sample
-    average :math:`\\mathrm{RP}_N = r^{-1}\\log\\frac1N\\sum_k e^{-r\\beta\\varepsilon_k}`.
+    :math:`\\mathrm{RP} = r\\beta^2\\sigma^2/2`, or, when ``noise`` draws are given (S9), its sample-average
+    approximation :math:`\\mathrm{RP}_N = \\beta\\bar\\varepsilon + r^{-1}\\log\\frac1N\\sum_k e^{-r\\beta\\varepsilon_k}
+    = r^{-1}\\log\\frac1N\\sum_k e^{-r\\beta(\\varepsilon_k-\\bar\\varepsilon)}`: expected wage less CE, both
+    estimated from the same draws (this is what sampling output and wage in the whole problem gives,
+    up to a constant in profit).
     Profit :math:`a - c a^2/2 - \\mathrm{RP}`; best response :math:`a^* = \\beta / c`.
 
     ``noise`` of shape ``(R, N)`` holds ``R`` independent replications of ``N`` draws: the contract is
@@ -238,8 +241,8 @@ class CaraNormal(ContractEnv):
     def risk_premium(self, beta: torch.Tensor) -> torch.Tensor:
         if self.noise is None:
             return self.r * beta ** 2 * self.sigma2 / 2
-        log_mean = torch.logsumexp(-self.r * beta.reshape(-1, 1) * self.noise, dim=1) \
-            - math.log(self.noise.shape[1])
+        centred = self.noise - self.noise.mean(dim=1, keepdim=True)
+        log_mean = torch.logsumexp(-self.r * beta.reshape(-1, 1) * centred, dim=1) - math.log(centred.shape[1])
         return log_mean / self.r
 
     def agent_utility(self, theta, a):
@@ -964,3 +967,43 @@ def logistic_optimum_oracle(r: float, c: float, sigma: float, cap: float, *, sta
         if -found.fun > best["profit"]:
             best = {"profit": float(-found.fun), "theta": found.x}
     return best
+
+
+# --------------------------------------------------------------------------------------------
+# Instances used by the chapter and the benchmarks
+# --------------------------------------------------------------------------------------------
+
+def random_multitask_env(n: int, seed: int = 0, r: float = 1.0, device: Any = "cpu") -> MultiTaskCaraNormal:
+    """A dense multi-task instance: :math:`C = I + AA^\\top/n` (complementary tasks keep effort
+    positive), :math:`\\Sigma = 0.3I + BB^\\top/n`, :math:`b \\sim U(0.5, 1.5)^n`."""
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, n)), rng.normal(size=(n, n))
+    return MultiTaskCaraNormal(r, np.eye(n) + a @ a.T / n, 0.3 * np.eye(n) + b @ b.T / n,
+                               rng.uniform(0.5, 1.5, n), device=device)
+
+
+def tridiagonal_multitask_env(n: int, seed: int = 0, r: float = 1.0, device: Any = "cpu") -> MultiTaskCaraNormal:
+    """The scaling instance: :math:`C = \\mathrm{tridiag}(-1/2,\\ 2 + u_i,\\ -1/2)`, :math:`u_i \\sim U(0,1)`
+    (diagonally dominant, so SPD with spectrum in :math:`[1, 4]`), heterogeneous noise
+    :math:`\\sigma_i^2 \\sim U(0.5, 2)`, :math:`b_i \\sim U(0.5, 1.5)`."""
+    if n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    rng = np.random.default_rng(seed)
+    cost = Tridiagonal(2.0 + rng.uniform(0.0, 1.0, n), np.full(n - 1, -0.5))
+    return MultiTaskCaraNormal(r, cost, rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 1.5, n), device=device)
+
+
+def normal_draws(rng: np.random.Generator, replications: int, size: int, *, sigma: float = 1.0,
+                 antithetic: bool = False) -> np.ndarray:
+    """``(replications, size)`` draws of :math:`N(0, \\sigma^2)`; with ``antithetic`` the second half of
+    each row is the negated first half (``size`` must be even)."""
+    if replications < 1 or size < 1:
+        raise ValueError(f"replications and size must be positive, got {replications} and {size}")
+    if not antithetic:
+        return sigma * rng.normal(size=(replications, size))
+    if size % 2:
+        raise ValueError(f"antithetic draws need an even size, got {size}")
+    half = sigma * rng.normal(size=(replications, size // 2))
+    return np.concatenate([half, -half], axis=1)

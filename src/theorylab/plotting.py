@@ -1,13 +1,8 @@
 """One figure style for the whole book: PNG output (nbval compares text, and SVG is text), a
-colour-blind-safe cycle, light grids, and figures saved beside a CLI run's metrics."""
+colour-blind-safe cycle and light grids; ``theorylab run`` collects the PNGs from the executed notebook."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib
-
-from .runtime import RUN_DIR_ENV
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 STYLE = {
@@ -44,15 +39,4 @@ def figure(ncols: int = 1, nrows: int = 1, width: float | None = None, height: f
 
     use_book_style()
     size = (width or 3.4 * ncols + 0.6, height or 3.0 * nrows + 0.4)
-    return plt.subplots(nrows, ncols, figsize=size, squeeze=not (ncols > 1 or nrows > 1) or None)
-
-
-def save(fig, name: str) -> Path | None:
-    """Save ``fig`` as ``figures/NAME.png`` in the CLI run folder, if this is a CLI run."""
-    run_dir = os.environ.get(RUN_DIR_ENV)
-    if not run_dir:
-        return None
-    path = Path(run_dir) / "figures" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return plt.subplots(nrows, ncols, figsize=size)

@@ -55,6 +55,15 @@ class Param:
         elif self.kind is str:
             if not isinstance(value, str):
                 raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+        elif self.kind is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            try:
+                value = tuple(int(str(item).strip()) for item in items)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}") from None
+            if not value or (self.minimum is not None and min(value) < self.minimum):
+                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
+            return value
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
         if self.choices is not None and value not in self.choices:
@@ -62,7 +71,8 @@ class Param:
         return value
 
     def describe(self) -> str:
-        text = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
+        text = {int: "an integer", float: "a finite number", str: "a string",
+                tuple: "comma-separated integers"}[self.kind]
         if self.minimum is not None:
             text += f" >= {self.minimum:g}"
         if self.choices is not None:
@@ -90,15 +100,15 @@ CHAPTERS: dict[str, ChapterSpec] = {
         notebook="chapters/contract-design.ipynb",
         params={
             "n_starts": Param(int, 20, 90, "random starts per recovery experiment", minimum=1),
-            "scaling_sizes": Param(str, "1000,10000", "1000,10000,100000,1000000",
-                                   "comma-separated numbers of tasks for the scaling run"),
+            "scaling_sizes": Param(tuple, (1000, 10000), (1000, 10000, 100000, 1000000),
+                                   "numbers of tasks n for the scaling run", minimum=2),
             "dense_max": Param(int, 4000, 20000, "largest n solved densely for comparison", minimum=2),
             "mc_replications": Param(int, 100, 400, "replications per sample size (Monte Carlo)",
                                      minimum=2),
             "mc_max_log2": Param(int, 11, 14, "largest Monte-Carlo sample size, as a power of 2",
                                  minimum=3),
             "cap_max": Param(float, 2.0, 50.0, "largest cap on the logistic bonus", minimum=0.5),
-            "logistic_starts": Param(int, 6, 90, "starts per cap for logistic pay", minimum=1),
+            "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
         },
         ci_seconds=60,
         full_minutes=15,
@@ -237,3 +247,32 @@ def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapt
     params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed")}
     return Config(chapter=chapter, profile=values["profile"], device=torch.device(values["device"]),
                   seed=values["seed"], params=params, run_dir=Path(run_dir) if run_dir else None)
+
+
+def median_seconds(function: Callable[[], Any], repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``function`` (after one warm-up call)."""
+    import time
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def order_of(value: float) -> str:
+    """The smallest power of ten at or above ``|value|``, as text (``'1e-11'``; ``'0'`` for zero).
+
+    Check cells print errors this way: the order of magnitude is the claim, and the last digits of
+    an error at rounding level are noise that would make a regression test flaky.
+    """
+    import math
+
+    magnitude = abs(float(value))
+    if magnitude == 0:
+        return "0"
+    return f"1e{math.ceil(math.log10(magnitude) - 1e-12)}"

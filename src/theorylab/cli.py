@@ -1,0 +1,234 @@
+"""``theorylab``: list the chapters, run them at any scale with papermill, refresh committed outputs.
+
+    theorylab list
+    theorylab run CHAPTER|all [--profile ci|full] [--device auto|cpu|cuda|cuda:N] [--seed N]
+                  [--out runs/] [-p NAME VALUE ...] [--force] [--dry-run]
+    theorylab refresh [CHAPTER ...] [--force]
+
+Every value is validated (by :func:`theorylab.runtime.resolve`) before anything runs or is written.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import runtime
+
+
+class UsageError(Exception):
+    """A bad command line: reported in one line, exit status 2."""
+
+
+def book_root() -> Path:
+    """The book's folder: ``THEORYLAB_BOOK_ROOT`` or the checkout this package is installed from."""
+    root = Path(os.environ.get("THEORYLAB_BOOK_ROOT", Path(__file__).resolve().parents[2]))
+    if not (root / "_toc.yml").exists():
+        raise UsageError(f"no book found at {root} (no _toc.yml); set THEORYLAB_BOOK_ROOT")
+    return root
+
+
+def _chapters(names: list[str]) -> list[runtime.ChapterSpec]:
+    if names == ["all"]:
+        return list(runtime.CHAPTERS.values())
+    try:
+        return [runtime.chapter(name) for name in names]
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def command_list(args: argparse.Namespace) -> int:
+    for spec in runtime.CHAPTERS.values():
+        print(f"{spec.name}: {spec.title}")
+        print(f"  ci: about {spec.ci_seconds:g} s on 2 CPU cores; full: about {spec.full_minutes:g} min "
+              f"on one GPU ({spec.full_note})")
+        rows = [[name, repr(p.ci), repr(p.full), p.describe(), p.help] for name, p in spec.params.items()]
+        print("  " + _table(rows, ["parameter", "ci", "full", "allowed", "meaning"]).replace("\n", "\n  "))
+        print()
+    return 0
+
+
+def _overrides(pairs: list[list[str]] | None) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for name, value in pairs or []:
+        if name in ("profile", "device", "seed"):
+            raise UsageError(f"-p {name}: use --{name} instead")
+        overrides[name] = value
+    return overrides
+
+
+def _notebook_figures(notebook: dict, folder: Path) -> int:
+    """Write every PNG output of an executed notebook to ``folder/cell-NN-K.png``."""
+    count = 0
+    for index, cell in enumerate(notebook.get("cells", [])):
+        for k, output in enumerate(cell.get("outputs", [])):
+            data = output.get("data", {}).get("image/png")
+            if data:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"cell-{index:02d}-{k}.png").write_bytes(base64.b64decode("".join(data)))
+                count += 1
+    return count
+
+
+def command_run(args: argparse.Namespace) -> int:
+    specs = _chapters(args.chapter)
+    overrides = _overrides(args.param)
+    plans = []
+    for spec in specs:
+        known = {name: value for name, value in overrides.items() if name in spec.params}
+        if len(specs) == 1:
+            known = overrides  # unknown names are an error for a single chapter
+        try:
+            resolved = runtime.resolve(spec.name, args.profile, args.device, args.seed, **known)
+        except ValueError as error:
+            raise UsageError(f"{spec.name}: {error}") from None
+        out_dir = Path(args.out) / f"{spec.name}-{args.profile}"
+        if out_dir.exists() and any(out_dir.iterdir()) and not args.force and not args.dry_run:
+            raise UsageError(f"{out_dir} already holds a run; pass --force to overwrite it")
+        plans.append((spec, resolved, known, out_dir))
+    if args.dry_run:
+        for spec, resolved, _, out_dir in plans:
+            print(json.dumps({"chapter": spec.name, "output": str(out_dir), "parameters": resolved}, indent=2))
+        return 0
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    root = book_root()
+    summary = []
+    for spec, resolved, known, out_dir in plans:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "figures", ignore_errors=True)
+        output = out_dir / Path(spec.notebook).name
+        parameters = {"profile": args.profile, "device": args.device, "seed": args.seed}
+        parameters.update({name: resolved[name] for name in known})
+        print(f"== {spec.name} ({args.profile}, device {resolved['device']}) -> {output}", flush=True)
+        os.environ[runtime.RUN_DIR_ENV] = str(out_dir.resolve())
+        start = time.perf_counter()
+        status, failed = "ok", ""
+        try:
+            papermill.execute_notebook(str(root / spec.notebook), str(output), parameters=parameters,
+                                       cwd=str((root / spec.notebook).parent), progress_bar=True,
+                                       kernel_name="python3", log_output=False)
+        except PapermillExecutionError as error:
+            status = "FAILED"
+            failed = f"cell {error.cell_index} (execution count {error.exec_count}): {error.ename}: {error.evalue}"
+        finally:
+            os.environ.pop(runtime.RUN_DIR_ENV, None)
+        seconds = time.perf_counter() - start
+        figures = _notebook_figures(json.loads(output.read_text()), out_dir / "figures") if output.exists() else 0
+        summary.append([spec.name, args.profile, status, f"{seconds:.1f}", str(figures), failed])
+        if failed:
+            print(f"   {spec.name} failed at {failed}; the partial notebook is {output}", file=sys.stderr)
+    print()
+    print(_table(summary, ["chapter", "profile", "status", "seconds", "figures", "failure"]))
+    return 1 if any(row[2] != "ok" for row in summary) else 0
+
+
+def source_hash(root: Path, markdown: Path) -> str:
+    """SHA-256 of what a chapter's outputs depend on: its code cells, the package, the pins."""
+    digest = hashlib.sha256()
+    digest.update(markdown.read_bytes())
+    for path in sorted((root / "src" / "theorylab").glob("*.py")) + [root / "requirements.txt"]:
+        if path.exists():
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def command_refresh(args: argparse.Namespace) -> int:
+    """Sync each chapter's .ipynb from its .md and re-execute it (``ci`` profile) when stale."""
+    import nbformat
+    import papermill
+
+    root = book_root()
+    specs = _chapters(args.chapter or ["all"])
+    status = 0
+    for spec in specs:
+        notebook = root / spec.notebook
+        markdown = notebook.with_suffix(".md")
+        subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--update", "--to", "ipynb",
+                        "--output", str(notebook), str(markdown)], check=True)
+        digest = source_hash(root, markdown)
+        recorded = nbformat.read(notebook, as_version=4).metadata.get("theorylab", {})
+        if recorded.get("source_hash") == digest and recorded.get("success") and not args.force:
+            print(f"{spec.name}: up to date")
+            continue
+        print(f"{spec.name}: executing (ci profile)", flush=True)
+        start = time.perf_counter()
+        success = True
+        try:
+            papermill.execute_notebook(str(notebook), str(notebook), cwd=str(notebook.parent),
+                                       progress_bar=True, kernel_name="python3", log_output=False)
+        except papermill.PapermillExecutionError as error:
+            success = False
+            print(f"{spec.name}: failed at cell {error.cell_index}: {error.ename}: {error.evalue}", file=sys.stderr)
+            status = 1
+        seconds = time.perf_counter() - start
+        executed = nbformat.read(notebook, as_version=4)
+        executed.metadata["theorylab"] = {
+            "source_hash": digest, "profile": "ci", "seconds": round(seconds, 1), "success": success,
+            "executed_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+        nbformat.write(executed, notebook)
+        print(f"{spec.name}: {'ok' if success else 'FAILED'} in {seconds:.1f} s")
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="theorylab", description=__doc__.split("\n\n")[0])
+    commands = main.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="chapters, their parameters (ci and full values), rough run times")
+    run = commands.add_parser("run", help="execute chapters with papermill")
+    run.add_argument("chapter", nargs="+", help="chapter names, or 'all'")
+    run.add_argument("--profile", default="ci", help="ci (default) or full")
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    run.add_argument("--seed", default=0, type=_seed, help="random seed (default 0)")
+    run.add_argument("--out", default="runs", help="folder for executed notebooks, figures, metrics.json")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="override a chapter parameter")
+    run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved parameters, run nothing")
+    refresh = commands.add_parser("refresh", help="sync .md -> .ipynb and re-execute stale chapters")
+    refresh.add_argument("chapter", nargs="*", help="chapter names (default: all)")
+    refresh.add_argument("--force", action="store_true", help="re-execute even when up to date")
+    return main
+
+
+def _seed(text: str) -> int:
+    try:
+        return runtime.check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a non-negative integer") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handlers: dict[str, Any] = {"list": command_list, "run": command_run, "refresh": command_refresh}
+    try:
+        return handlers[args.command](args)
+    except UsageError as error:
+        print(f"theorylab: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

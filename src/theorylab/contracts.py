@@ -827,7 +827,7 @@ class SolveResult:
 def solve(env: ContractEnv, *, seed: int = 0, theta0: Any = None, max_steps: int = 1000,
           tol: float = 1e-11, step0: float = 1.0, rtol: float = 1e-12, keep_trajectory: bool = True,
           warn: bool = True) -> SolveResult:
-    """Spectral projected gradient ascent (SPG, Birgin–Martínez–Raydan) on :math:`\Pi(\theta)`, with
+    r"""Spectral projected gradient ascent (SPG, Birgin–Martínez–Raydan) on :math:`\Pi(\theta)`, with
     implicit hypergradients.
 
     Start at ``theta0`` or at ``env.random_contract`` drawn with ``seed``. Step :math:`k` moves along

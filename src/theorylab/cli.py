@@ -87,6 +87,19 @@ def _notebook_figures(notebook: dict, folder: Path) -> int:
     return count
 
 
+def _describe_cell(notebook: Path, exec_count: int) -> str:
+    """'In [7] (`first line of its code`)': how a reader finds a failing cell in the notebook."""
+    first = "?"
+    try:
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell.get("execution_count") == exec_count:
+                source = cell["source"]
+                first = ("".join(source) if isinstance(source, list) else source).strip().splitlines()[0]
+    except (OSError, ValueError, IndexError, KeyError):
+        pass
+    return f"cell In [{exec_count}] (`{first[:70]}`)"
+
+
 def command_run(args: argparse.Namespace) -> int:
     specs = _chapters(args.chapter)
     overrides = _overrides(args.param)
@@ -119,7 +132,9 @@ def command_run(args: argparse.Namespace) -> int:
         shutil.rmtree(out_dir / "figures", ignore_errors=True)
         output = out_dir / Path(spec.notebook).name
         parameters = {"profile": args.profile, "device": args.device, "seed": args.seed}
-        parameters.update({name: resolved[name] for name in known})
+        # papermill writes tuples as strings; lists come through as Python lists.
+        parameters.update({name: list(resolved[name]) if isinstance(resolved[name], tuple) else resolved[name]
+                           for name in known})
         print(f"== {spec.name} ({args.profile}, device {resolved['device']}) -> {output}", flush=True)
         os.environ[runtime.RUN_DIR_ENV] = str(out_dir.resolve())
         start = time.perf_counter()
@@ -130,7 +145,7 @@ def command_run(args: argparse.Namespace) -> int:
                                        kernel_name="python3", log_output=False)
         except PapermillExecutionError as error:
             status = "FAILED"
-            failed = f"cell {error.cell_index} (execution count {error.exec_count}): {error.ename}: {error.evalue}"
+            failed = f"{_describe_cell(output, error.exec_count)}: {error.ename}: {error.evalue}"
         finally:
             os.environ.pop(runtime.RUN_DIR_ENV, None)
         seconds = time.perf_counter() - start

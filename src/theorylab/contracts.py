@@ -766,13 +766,13 @@ def hypergradient(env: ContractEnv, contract: Any, *, action: torch.Tensor | Non
     return total
 
 
-def dense_hypergradient(env: ContractEnv, contract: Any) -> torch.Tensor:
+def dense_hypergradient(env: ContractEnv, contract: Any, *, action: torch.Tensor | None = None) -> torch.Tensor:
     """The same hypergradient with the Jacobians formed densely (:func:`torch.func.jacfwd`) and a dense
     LU solve: :math:`O(n^2)` memory and :math:`O(n^3)` time, the baseline of the scaling experiment."""
     from torch.func import jacfwd
 
     theta = contract if isinstance(contract, torch.Tensor) else _tensor(contract, env.device)
-    a = env.best_response(theta)
+    a = env.best_response(theta) if action is None else action
     grad_theta, grad_a = grad(env.principal_profit, argnums=(0, 1))(theta, a)
     jac_a = jacfwd(lambda x: env.first_order(theta, x))(a)
     jac_theta = jacfwd(lambda t: env.first_order(t, a))(theta)

@@ -1,0 +1,81 @@
+"""Invariants of every chapter: the .md/.ipynb pair holds the same code, the committed notebook was
+executed top to bottom from the current sources without errors, it is parameterised for papermill,
+and its ci profile fits the 90-second budget. nbval (run by the same pytest command) then re-executes
+each notebook and compares its outputs."""
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+from theorylab import cli, runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(runtime.CHAPTERS.values(), key=lambda spec: spec.name)
+CI_BUDGET_SECONDS = 90
+
+
+def code_sources(notebook):
+    return [cell.source.strip() for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.fixture(params=CHAPTERS, ids=lambda spec: spec.name)
+def chapter(request):
+    spec = request.param
+    path = ROOT / spec.notebook
+    return spec, path, nbformat.read(path, as_version=4)
+
+
+def test_every_chapter_is_in_the_table_of_contents_and_vice_versa():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {entry["file"] for part in toc["parts"] for entry in part["chapters"]}
+    listed = {f for f in files if f.startswith("chapters/")}
+    assert listed == {str(Path(spec.notebook).with_suffix("")) for spec in CHAPTERS}
+
+
+def test_markdown_and_notebook_hold_the_same_code(chapter):
+    spec, path, notebook = chapter
+    paired = jupytext.read(path.with_suffix(".md"))
+    assert code_sources(paired) == code_sources(notebook), "run `theorylab refresh` to sync the pair"
+
+
+def test_notebook_was_executed_top_to_bottom_without_errors(chapter):
+    _, _, notebook = chapter
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    outputs = [output for cell in code for output in cell.outputs]
+    assert outputs, "a notebook with no outputs gives nbval nothing to compare"
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], "stderr is compared text"
+    assert not [o for o in outputs if "image/svg+xml" in o.get("data", {})], "draw PNG, not SVG"
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_notebook_outputs_come_from_the_current_sources(chapter):
+    spec, path, notebook = chapter
+    recorded = notebook.metadata.get("theorylab", {})
+    assert recorded.get("success") is True and recorded.get("profile") == "ci"
+    assert recorded.get("source_hash") == cli.source_hash(ROOT, path.with_suffix(".md")), (
+        "the chapter or the package changed since the outputs were made: run `theorylab refresh`")
+
+
+def test_ci_profile_fits_the_time_budget(chapter):
+    _, _, notebook = chapter
+    assert notebook.metadata["theorylab"]["seconds"] <= CI_BUDGET_SECONDS
+
+
+def test_first_code_cell_is_the_parameters_cell_with_every_knob(chapter):
+    spec, _, notebook = chapter
+    first = next(cell for cell in notebook.cells if cell.cell_type == "code")
+    assert "parameters" in first.metadata.get("tags", [])
+    namespace: dict = {}
+    exec(first.source, namespace)  # the cell holds plain assignments
+    knobs = {name: value for name, value in namespace.items() if not name.startswith("__")}
+    assert knobs == {"profile": "ci", "device": "auto", "seed": 0, **{name: None for name in spec.params}}
+
+
+def test_second_code_cell_validates_the_parameters(chapter):
+    _, _, notebook = chapter
+    second = [cell for cell in notebook.cells if cell.cell_type == "code"][1]
+    assert "runtime.configure(profile, device, seed" in second.source

@@ -1,0 +1,125 @@
+"""The command line: clear errors before any work, dry runs, and real papermill runs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from theorylab import cli, runtime
+
+CHAPTER = "contract-design"
+SMALL_FULL = ["-p", "n_starts", "2", "-p", "scaling_sizes", "1000,2000", "-p", "dense_max", "500",
+              "-p", "mc_replications", "60", "-p", "mc_max_log2", "7", "-p", "cap_max", "1",
+              "-p", "logistic_starts", "1"]
+
+
+def run_cli(capsys, *args):
+    status = cli.main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_list_shows_every_chapter_with_ci_and_full_values(capsys):
+    status, out, _ = run_cli(capsys, "list")
+    assert status == 0
+    for spec in runtime.CHAPTERS.values():
+        assert spec.name in out
+        for name, param in spec.params.items():
+            assert name in out and repr(param.ci) in out and repr(param.full) in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "no-such-chapter"], "unknown chapter 'no-such-chapter'"),
+    (["run", CHAPTER, "--profile", "huge"], "unknown profile 'huge'"),
+    (["run", CHAPTER, "-p", "n_starts", "-4"], "parameter 'n_starts': got -4, expected an integer >= 1"),
+    (["run", CHAPTER, "-p", "n_starts", "four"], "parameter 'n_starts': got 'four'"),
+    (["run", CHAPTER, "-p", "scaling_sizes", "100,-1"], "parameter 'scaling_sizes'"),
+    (["run", CHAPTER, "-p", "n_tasks", "3"], "unknown parameter(s) ['n_tasks']"),
+    (["run", CHAPTER, "-p", "seed", "3"], "use --seed instead"),
+    (["run", CHAPTER, "--device", "tpu"], "device: got 'tpu'"),
+])
+def test_bad_command_lines_exit_2_naming_the_problem(capsys, tmp_path, args, message):
+    status, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "runs"))
+    assert status == 2 and message in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_exits_2_before_running(capsys, tmp_path):
+    status, _, err = run_cli(capsys, "run", CHAPTER, "--device", "cuda", "--out", str(tmp_path))
+    assert status == 2 and "CUDA is not available" in err
+
+
+def test_negative_seed_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", CHAPTER, "--seed", "-2"])
+    assert exit_info.value.code == 2 and "expected a non-negative integer" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_parameters_and_writes_nothing(capsys, tmp_path):
+    status, out, _ = run_cli(capsys, "run", CHAPTER, "--profile", "full", "--device", "cpu", "--dry-run",
+                             "-p", "n_starts", "3", "--out", str(tmp_path / "runs"))
+    plan = json.loads(out)
+    assert status == 0 and plan["parameters"]["n_starts"] == 3 and plan["parameters"]["profile"] == "full"
+    assert plan["parameters"]["dense_max"] == runtime.chapter(CHAPTER).params["dense_max"].full
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_is_not_overwritten_without_force(capsys, tmp_path):
+    (tmp_path / f"{CHAPTER}-ci").mkdir()
+    (tmp_path / f"{CHAPTER}-ci" / "old.ipynb").write_text("{}")
+    status, _, err = run_cli(capsys, "run", CHAPTER, "--out", str(tmp_path))
+    assert status == 2 and "--force" in err
+
+
+def test_failing_chapter_exits_nonzero_names_the_cell_and_keeps_the_notebook(tmp_path, monkeypatch, capsys):
+    book = tmp_path / "book"
+    (book / "chapters").mkdir(parents=True)
+    (book / "_toc.yml").write_text("root: intro\n")
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('profile = "ci"\ndevice = "auto"\nseed = 0', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("assert x == 2, 'the claim no longer holds'"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, book / "chapters" / "contract-design.ipynb")
+    monkeypatch.setenv("THEORYLAB_BOOK_ROOT", str(book))
+    status, out, err = run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", str(tmp_path / "runs"))
+    assert status == 1
+    assert "cell In [4] (`assert x == 2" in err and "AssertionError: the claim no longer holds" in err
+    assert "FAILED" in out
+    assert (tmp_path / "runs" / f"{CHAPTER}-ci" / "contract-design.ipynb").exists()
+
+
+def _run(tmp_path, *args):
+    command = [sys.executable, "-m", "theorylab.cli", "run", CHAPTER, "--device", "cpu", "--out", str(tmp_path), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def _check_run_folder(folder: Path, profile: str):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["profile"] == profile
+    assert {"hm_recovery", "hypergradient", "cg", "poisson", "logistic", "tournament", "monte_carlo",
+            "scaling"} <= set(metrics["checks"])
+    assert len(list((folder / "figures").glob("*.png"))) >= 7
+    executed = nbformat.read(folder / "contract-design.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    return metrics
+
+
+def test_real_ci_run_writes_notebook_figures_and_metrics(tmp_path):
+    result = _run(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "contract-design  ci       ok" in result.stdout
+    metrics = _check_run_folder(tmp_path / f"{CHAPTER}-ci", "ci")
+    assert metrics["checks"]["hm_recovery"]["worst_single_task"] <= 1e-8
+
+
+def test_real_full_profile_run_with_small_overrides(tmp_path):
+    result = _run(tmp_path, "--profile", "full", *SMALL_FULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _check_run_folder(tmp_path / f"{CHAPTER}-full", "full")
+    assert metrics["params"]["n_starts"] == 2 and metrics["params"]["scaling_sizes"] == [1000, 2000]

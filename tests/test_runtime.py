@@ -1,0 +1,89 @@
+"""Unit tests of theorylab.runtime: profiles, validation messages, seeding, devices, metrics."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from theorylab import runtime
+
+CHAPTER = "contract-design"
+
+
+def test_resolve_takes_profile_values_and_overrides():
+    spec = runtime.chapter(CHAPTER)
+    ci = runtime.resolve(CHAPTER, "ci", "cpu", 3)
+    full = runtime.resolve(CHAPTER, "full", "cpu", 3, n_starts=7)
+    assert ci["n_starts"] == spec.params["n_starts"].ci and ci["seed"] == 3 and ci["device"] == "cpu"
+    assert full["n_starts"] == 7 and full["dense_max"] == spec.params["dense_max"].full
+
+
+def test_resolve_converts_command_line_strings():
+    values = runtime.resolve(CHAPTER, "ci", "cpu", 0, n_starts="5", cap_max="1.5", scaling_sizes="100, 200")
+    assert values["n_starts"] == 5 and values["cap_max"] == 1.5 and values["scaling_sizes"] == (100, 200)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"n_starts": -3}, "parameter 'n_starts': got -3, expected an integer >= 1"),
+    ({"n_starts": "many"}, "parameter 'n_starts': got 'many'"),
+    ({"n_starts": 2.5}, "parameter 'n_starts': got 2.5"),
+    ({"n_starts": True}, "parameter 'n_starts': got True"),
+    ({"cap_max": "inf"}, "parameter 'cap_max'"),
+    ({"scaling_sizes": "1000,-5"}, "parameter 'scaling_sizes'"),
+    ({"scaling_sizes": "1000,abc"}, "parameter 'scaling_sizes'"),
+    ({"n_tasks": 3}, "unknown parameter(s) ['n_tasks']"),
+])
+def test_bad_parameters_are_named_with_value_and_allowed_range(overrides, fragment):
+    with pytest.raises(ValueError) as error:
+        runtime.resolve(CHAPTER, "ci", "cpu", 0, **overrides)
+    assert fragment in str(error.value)
+
+
+def test_unknown_profile_chapter_seed_and_device_are_rejected():
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        runtime.resolve(CHAPTER, "huge")
+    with pytest.raises(ValueError, match="unknown chapter 'nope'; known chapters: contract-design"):
+        runtime.resolve("nope")
+    with pytest.raises(ValueError, match="seed: got -1"):
+        runtime.resolve(CHAPTER, seed=-1)
+    with pytest.raises(ValueError, match="device: got 'gpu'"):
+        runtime.resolve(CHAPTER, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_where_there_is_none_is_an_error_not_a_fallback():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        runtime.resolve(CHAPTER, device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        runtime.resolve(CHAPTER, device="cuda:1")
+    assert runtime.resolve(CHAPTER, device="auto")["device"] == "cpu"
+
+
+def test_configure_seeds_every_generator_and_pins_one_thread():
+    first = runtime.configure("ci", "cpu", 11, chapter=CHAPTER)
+    draws = (np.random.rand(), torch.rand(1).item())
+    runtime.configure("ci", "cpu", 11, chapter=CHAPTER)
+    assert (np.random.rand(), torch.rand(1).item()) == draws
+    assert torch.get_num_threads() == 1
+    assert first.n_starts == runtime.chapter(CHAPTER).params["n_starts"].ci
+    with pytest.raises(AttributeError):
+        first.no_such_knob
+
+
+def test_record_writes_metrics_json_in_a_cli_run(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.RUN_DIR_ENV, str(tmp_path))
+    cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
+    cfg.record("check", error=np.float64(1e-12), values=np.array([1.0, 2.0]), by_n={1000: 0.5})
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["chapter"] == CHAPTER and saved["checks"]["check"] == {
+        "error": 1e-12, "values": [1.0, 2.0], "by_n": {"1000": 0.5}}
+
+
+@pytest.mark.parametrize("value,text", [(3.1e-12, "1e-11"), (1e-12, "1e-12"), (0.2, "1e0"), (0.0, "0"), (-4e-9, "1e-8")])
+def test_order_of_is_the_power_of_ten_at_or_above(value, text):
+    assert runtime.order_of(value) == text
+
+
+def test_median_seconds_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        runtime.median_seconds(lambda: None, repeats=0)

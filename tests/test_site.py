@@ -1,0 +1,85 @@
+"""The built site in a real browser, with the network cut off: headless Chromium opens a chapter
+served on 127.0.0.1 and must find theorem blocks, figures and typeset math (no raw TeX left)."""
+import functools
+import http.server
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "_build" / "html"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+PAGE = "chapters/contract-design.html"
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (SITE / PAGE).exists():
+        pytest.fail(f"{SITE / PAGE} is missing: build the book first (scripts/setup)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def chromium(*args, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("Chromium is not installed: scripts/setup installs Debian's chromium (apt-get install chromium)")
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
+               # Offline: every host but the local server is unresolvable.
+               "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+               "--virtual-time-budget=20000", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def rendered(server, tmp_path_factory):
+    return chromium("--dump-dom", f"{server}/{PAGE}", tmp_path=tmp_path_factory.mktemp("chromium"))
+
+
+def visible_text(dom: str) -> str:
+    """The page's prose: without scripts, styles, code listings (which may hold TeX in plot labels)
+    and MathJax's hidden MathML."""
+    dom = re.sub(r"<(script|style|pre)\b.*?</\1>", " ", dom, flags=re.S)
+    dom = re.sub(r"<mjx-assistive-mml.*?</mjx-assistive-mml>", " ", dom, flags=re.S)
+    return re.sub(r"<[^>]+>", " ", dom)
+
+
+def test_math_is_typeset_with_no_raw_tex_left(rendered):
+    assert rendered.count("<mjx-container") >= 100, "MathJax did not typeset the page"
+    text = visible_text(rendered)
+    for raw in (r"\(", r"\)", r"\[", "$$", r"\frac", r"\beta"):
+        assert raw not in text, f"raw TeX {raw!r} left on the page"
+    assert "<mjx-merror" not in rendered, "MathJax reported a TeX error"
+
+
+def test_theorems_proofs_and_references_render(rendered):
+    assert len(re.findall(r'class="[^"]*\btheorem\b', rendered)) >= 5
+    assert re.search(r'class="[^"]*\bproof\b', rendered)
+    assert "Theorem 1" in visible_text(rendered) or "Theorem 1 " in rendered
+    assert "Galanti" in visible_text(rendered), "citations did not resolve"
+
+
+def test_figures_are_png_images_that_load(rendered, server):
+    images = re.findall(r'<img[^>]+src="([^"]+\.png)"', rendered)
+    assert len(images) >= 7
+    local = SITE / "chapters" / images[0]
+    assert local.resolve().exists()
+
+
+def test_screenshot_of_the_chapter(server, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "contract-design.png"
+    shot.unlink(missing_ok=True)
+    chromium(f"--screenshot={shot}", "--window-size=1280,2400", f"{server}/{PAGE}", tmp_path=tmp_path)
+    assert shot.exists() and shot.stat().st_size > 50_000

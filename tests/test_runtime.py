@@ -67,7 +67,7 @@ def test_configure_seeds_every_generator_and_pins_one_thread():
     assert torch.get_num_threads() == 1
     assert first.n_starts == runtime.chapter(CHAPTER).params["n_starts"].ci
     with pytest.raises(AttributeError):
-        first.no_such_knob
+        _ = first.no_such_knob
 
 
 def test_record_writes_metrics_json_in_a_cli_run(tmp_path, monkeypatch):

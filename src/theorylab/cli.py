@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,10 @@ def _chapters(names: list[str]) -> list[runtime.ChapterSpec]:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)),
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
 
@@ -201,7 +201,7 @@ def command_refresh(args: argparse.Namespace) -> int:
         executed = nbformat.read(notebook, as_version=4)
         executed.metadata["theorylab"] = {
             "source_hash": digest, "profile": "ci", "seconds": round(seconds, 1), "success": success,
-            "executed_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "executed_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
         nbformat.write(executed, notebook)
         print(f"{spec.name}: {'ok' if success else 'FAILED'} in {seconds:.1f} s")

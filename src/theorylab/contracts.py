@@ -23,7 +23,8 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -300,7 +301,7 @@ class Tridiagonal:
             return False
 
     @staticmethod
-    def with_condition_number(n: int, kappa: float) -> "Tridiagonal":
+    def with_condition_number(n: int, kappa: float) -> Tridiagonal:
         """Toeplitz :math:`\\mathrm{tridiag}(-1, d, -1)` with :math:`(d+2)/(d-2) = \\kappa`.
 
         Its eigenvalues :math:`d - 2\\cos(k\\pi/(n+1))` fill :math:`(d-2, d+2)`, so its condition

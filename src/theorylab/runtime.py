@@ -111,7 +111,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "cap_max": Param(float, 2.0, 50.0, "largest cap on the logistic bonus", minimum=0.5),
             "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
         },
-        ci_seconds=60,
+        ci_seconds=40,
         full_minutes=15,
         full_note="n up to 10^6 tasks on a GPU, 90 starts, caps up to 50, 400 replications",
     ),

@@ -287,6 +287,21 @@ def test_logistic_expectation_matches_adaptive_quadrature():
     assert profit_torch.item() == pytest.approx(a - a**2 / 2 - premium, abs=1e-11)
 
 
+def test_logistic_projection_keeps_cap_and_slope_bound():
+    env = ct.CappedLogisticPay(1.0, 1.0, 0.5, cap=2.0, max_slope=8.0)
+    projected = env.project(torch.tensor([3.0, 40.0, -1.0], dtype=torch.float64)).tolist()
+    assert projected == [2.0, 16.0, -1.0]  # beta <= B, gamma * sigma <= max_slope
+
+
+def test_logistic_quadrature_is_exact_at_the_slope_bound():
+    env = ct.CappedLogisticPay(1.0, 1.0, 1.0, max_slope=8.0)
+    theta, a = [1.0, 8.0, -0.3], 0.2
+    ce = env.agent_utility(torch.tensor(theta, dtype=torch.float64), torch.tensor([a], dtype=torch.float64)).item()
+    integrand = lambda z: math.exp(-expit(theta[1] * (a + z - theta[2]))) * math.exp(-z * z / 2)
+    mean = quad(integrand, -12, 12, points=[theta[2] - a], epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+    assert ce == pytest.approx(-math.log(mean / math.sqrt(2 * math.pi)) - a * a / 2, abs=1e-12)
+
+
 def test_logistic_linear_limit_gap_shrinks_like_gamma_squared():
     hm = ct.profit(ct.CaraNormal(1.0, 1.0, 1.0), [0.4])
     env = ct.CappedLogisticPay(1.0, 1.0, 1.0)
@@ -351,6 +366,7 @@ def test_solve_that_runs_out_of_steps_warns_and_flags():
     (lambda: ct.CaraPoisson(-1.0, 1.0), "r"),
     (lambda: ct.CappedLogisticPay(1.0, 1.0, float("nan")), "sigma"),
     (lambda: ct.CappedLogisticPay(1.0, 1.0, 1.0, cap=0.0), "cap"),
+    (lambda: ct.CappedLogisticPay(1.0, 1.0, 1.0, max_slope=0.0), "max_slope"),
     (lambda: ct.Tournament(1.0, 1.0, 1.0, -0.5), "sigma_common"),
     (lambda: ct.LinearRPE(1.0, 1.0, 1.0, 0.5, n_agents=1), "n_agents"),
     (lambda: ct.MultiTaskCaraNormal(1.0, np.array([[1.0, 0.5], [0.0, 1.0]]), np.ones(2), np.ones(2)), "C must be symmetric"),
@@ -365,3 +381,11 @@ def test_solve_that_runs_out_of_steps_warns_and_flags():
 def test_bad_input_raises_value_error_naming_the_argument(build, name):
     with pytest.raises(ValueError, match=name):
         build()
+
+
+def test_stalled_solve_reports_the_agents_vanishing_curvature():
+    env = ct.CaraPoissonQuadraticCost(1.0, 1.0)
+    result = ct.solve(env, theta0=[0.2], max_steps=200, warn=False)
+    # -H = c(1 - a) for this model, computed here by hand at the returned action.
+    assert result.agent_curvature == pytest.approx(1.0 - result.action[0], rel=1e-6)
+    assert "agent curvature" in result.reason

@@ -255,9 +255,6 @@ class CaraNormal(ContractEnv):
     def best_response(self, theta, a0=None):
         return theta / self.c
 
-    def random_contract(self, rng):
-        return rng.uniform(-1.0, 2.0, size=len(self.contract_names))
-
     def named(self, theta):
         if len(self.contract_names) > 1:
             return {"beta": np.asarray(theta, dtype=float)}
@@ -388,9 +385,6 @@ class MultiTaskCaraNormal(ContractEnv):
 
     def initial_action(self, theta):
         return torch.zeros_like(theta)
-
-    def random_contract(self, rng):
-        return rng.uniform(-1.0, 2.0, size=self.n)
 
     def named(self, theta):
         return {"beta": np.asarray(theta, dtype=float)}
@@ -530,23 +524,31 @@ class CappedLogisticPay(ContractEnv):
 
     With :math:`g = w - \\alpha`: CE less :math:`\\alpha` is :math:`-r^{-1}\\log\\mathbb E e^{-rg} - ca^2/2`;
     profit :math:`a - ca^2/2 - \\mathrm{RP}`, :math:`\\mathrm{RP} = \\mathbb E g + r^{-1}\\log\\mathbb E e^{-rg}`.
-    Expectations by the trapezoid rule on :math:`\\pm 8\\sigma` with ``n_nodes`` nodes
-    (:func:`normal_trapezoid`). The agent's problem need not be
+    Expectations by the trapezoid rule on :math:`\\pm 8.5\\sigma` (:func:`normal_trapezoid`), with a
+    spacing fine enough for an error near :math:`10^{-13}` at every slope
+    :math:`\\gamma\\sigma \\le` ``max_slope``, which the projection enforces (a bound reported by the KKT
+    residual where it binds). The agent's problem need not be
     concave, so the best response is a global grid search polished by Newton's method.
     """
 
     contract_names = ("beta", "gamma", "kappa")
     min_gamma = 1e-3
+    half_width = 8.5
 
     def __init__(self, r: float, c: float, sigma: float, cap: float = math.inf, *,
-                 n_nodes: int = 161, device: Any = "cpu"):
+                 max_slope: float = 8.0, device: Any = "cpu"):
         self.r, self.c, self.sigma = _positive("r", r), _positive("c", c), _positive("sigma", sigma)
         cap = float(cap)
         if not cap > 0:
             raise ValueError(f"cap must be positive (or math.inf), got {cap!r}")
         self.cap = cap
+        self.max_slope = _positive("max_slope", max_slope)
         self.device = device
-        nodes, weights = normal_trapezoid(n_nodes)
+        # Trapezoid error ~ exp(-2 pi^2 / (gamma sigma h)): spacing h keeps it below e^-30 ~ 1e-13
+        # for every admissible slope gamma * sigma <= max_slope.
+        spacing = 2 * math.pi ** 2 / (30.0 * self.max_slope)
+        n_nodes = 2 * math.ceil(self.half_width / spacing) + 1
+        nodes, weights = normal_trapezoid(n_nodes, self.half_width)
         self.nodes, self.weights = _tensor(nodes, device), _tensor(weights, device)
         self.log_weights = torch.log(self.weights)
 
@@ -583,7 +585,8 @@ class CappedLogisticPay(ContractEnv):
         return newton_best_response(self, theta, start)
 
     def project(self, theta):
-        return torch.stack([theta[0].clamp(0.0, self.cap), theta[1].clamp(min=self.min_gamma), theta[2]])
+        return torch.stack([theta[0].clamp(0.0, self.cap),
+                            theta[1].clamp(self.min_gamma, self.max_slope / self.sigma), theta[2]])
 
     def random_contract(self, rng):
         top = min(self.cap, 4.0)
@@ -817,6 +820,7 @@ class SolveResult:
     residuals: list[float] = field(default_factory=list)
     cg_iterations: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    agent_curvature: float = math.nan
 
     def __getattr__(self, name: str) -> Any:
         named = self.__dict__.get("named", {})
@@ -840,7 +844,9 @@ def solve(env: ContractEnv, *, seed: int = 0, theta0: Any = None, max_steps: int
     level. The best response and the CG adjoint are warm-started from the previous step. Stops when
     the RMS of the KKT residual :math:`P(\theta + \nabla\Pi) - \theta` is at most ``tol``. A run that
     stops for any other reason (step budget, no best response, a failed second-order condition)
-    returns its last iterate with ``converged=False`` and a ``reason``, and warns unless ``warn=False``.
+    returns its last iterate with ``converged=False``, a ``reason`` and, for one agent,
+    ``agent_curvature``: the curvature of :math:`-\nabla^2_{aa}U` along the adjoint, near zero where the
+    agent's second-order condition is failing. It warns unless ``warn=False``.
     """
     start_time = time.perf_counter()
     if theta0 is None:
@@ -900,11 +906,18 @@ def solve(env: ContractEnv, *, seed: int = 0, theta0: Any = None, max_steps: int
         reason = f"stopped: {error}"
     if action is None:
         raise BestResponseError(f"no best response at the starting contract {np.asarray(theta0)}")
+    curvature = math.nan
+    if not converged and env.symmetric_jacobian and adjoint is not None and float(adjoint @ adjoint) > 0:
+        # Rayleigh quotient of -H along the adjoint: an upper bound on the agent's smallest curvature,
+        # so a value near zero says the second-order condition is about to fail.
+        curvature = float(adjoint @ _negative_jacobian_product(env, theta, action)(adjoint) / (adjoint @ adjoint))
+        reason += f" (agent curvature along the adjoint {curvature:.1e})"
     theta_np = theta.cpu().numpy().copy()
     result = SolveResult(theta=theta_np, named=env.named(theta_np), profit=value,
                          action=action.detach().cpu().numpy().copy(), converged=converged, reason=reason,
                          steps=steps, trajectory=result_trajectory, profits=profits, residuals=residuals,
-                         cg_iterations=cg_iterations, seconds=time.perf_counter() - start_time)
+                         cg_iterations=cg_iterations, seconds=time.perf_counter() - start_time,
+                         agent_curvature=curvature)
     if not converged and warn:
         warnings.warn(f"solve did not converge: {reason}", RuntimeWarning, stacklevel=2)
     return result
@@ -953,14 +966,14 @@ def logistic_profit_oracle(r: float, c: float, sigma: float, contract: np.ndarra
 
 
 def logistic_optimum_oracle(r: float, c: float, sigma: float, cap: float, *, starts: int = 4,
-                            seed: int = 0) -> dict[str, Any]:
-    """Best logistic contract under :math:`0 \\le \\beta \\le B` by multi-start L-BFGS-B with
-    finite-difference gradients on :func:`logistic_profit_oracle`."""
+                            seed: int = 0, max_slope: float = 8.0) -> dict[str, Any]:
+    """Best logistic contract under :math:`0 \\le \\beta \\le B` and :math:`\\gamma\\sigma \\le` ``max_slope``,
+    by multi-start L-BFGS-B with finite-difference gradients on :func:`logistic_profit_oracle`."""
     from scipy.optimize import minimize
 
     rng = np.random.default_rng(seed)
     best: dict[str, Any] = {"profit": -math.inf}
-    bounds = [(0.0, cap), (CappedLogisticPay.min_gamma, 20.0), (-10.0, 10.0)]
+    bounds = [(0.0, cap), (CappedLogisticPay.min_gamma, max_slope / sigma), (-10.0, 10.0)]
     for _ in range(starts):
         start = np.array([rng.uniform(0.5 * cap, cap), rng.uniform(0.3, 3.0), rng.uniform(-2.0, 1.0)])
         found = minimize(lambda x: -logistic_profit_oracle(r, c, sigma, x)[0], start, method="L-BFGS-B",

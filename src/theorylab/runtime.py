@@ -108,12 +108,13 @@ CHAPTERS: dict[str, ChapterSpec] = {
                                      minimum=2),
             "mc_max_log2": Param(int, 11, 14, "largest Monte-Carlo sample size, as a power of 2",
                                  minimum=3),
-            "cap_max": Param(float, 2.0, 50.0, "largest cap on the logistic bonus", minimum=0.5),
+            "cap_max": Param(float, 2.0, 5.0, "largest cap on the logistic bonus (see the chapter beyond 5)",
+                             minimum=0.5),
             "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
         },
         ci_seconds=40,
         full_minutes=15,
-        full_note="n up to 10^6 tasks on a GPU, 90 starts, caps up to 50, 400 replications",
+        full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
     ),
 }
 

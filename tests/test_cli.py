@@ -72,21 +72,44 @@ def test_existing_run_is_not_overwritten_without_force(capsys, tmp_path):
     (tmp_path / f"{CHAPTER}-ci").mkdir()
     (tmp_path / f"{CHAPTER}-ci" / "old.ipynb").write_text("{}")
     status, _, err = run_cli(capsys, "run", CHAPTER, "--out", str(tmp_path))
-    assert status == 2 and "--force" in err
+    assert status == 2 and "--force" in err and "--resume" in err
 
 
-def test_failing_chapter_exits_nonzero_names_the_cell_and_keeps_the_notebook(tmp_path, monkeypatch, capsys):
+def fake_book(tmp_path, monkeypatch, claim):
+    """A one-notebook book standing in for the chapter, whose last cell asserts ``claim``."""
     book = tmp_path / "book"
     (book / "chapters").mkdir(parents=True)
     (book / "_toc.yml").write_text("root: intro\n")
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('profile = "ci"\ndevice = "auto"\nseed = 0', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_code_cell("assert x == 2, 'the claim no longer holds'"),
+        nbformat.v4.new_code_cell(f"assert {claim}, 'the claim no longer holds'"),
     ])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, book / "chapters" / "contract-design.ipynb")
     monkeypatch.setenv("THEORYLAB_BOOK_ROOT", str(book))
+
+
+def test_resume_keeps_a_completed_run_and_force_starts_afresh(tmp_path, monkeypatch, capsys):
+    fake_book(tmp_path, monkeypatch, "x == 1")
+    out = str(tmp_path / "runs")
+    assert run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", out)[0] == 0
+    folder = tmp_path / "runs" / f"{CHAPTER}-ci"
+    assert json.loads((folder / "status.json").read_text())["status"] == "ok"
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "block.pkl").write_bytes(b"saved")
+    status, stdout, _ = run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", out, "--resume")
+    assert status == 0 and "skipped (--resume)" in stdout and "kept" in stdout
+    status, stdout, _ = run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", out, "--resume", "-p", "n_starts", "2")
+    assert status == 0 and "skipped" not in stdout and (folder / "checkpoints" / "block.pkl").exists()
+    assert run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", out, "--force")[0] == 0
+    assert not (folder / "checkpoints").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["run", CHAPTER, "--force", "--resume"])
+
+
+def test_failing_chapter_exits_nonzero_names_the_cell_and_keeps_the_notebook(tmp_path, monkeypatch, capsys):
+    fake_book(tmp_path, monkeypatch, "x == 2")
     status, out, err = run_cli(capsys, "run", CHAPTER, "--device", "cpu", "--out", str(tmp_path / "runs"))
     assert status == 1
     assert "cell In [4] (`assert x == 2" in err and "AssertionError: the claim no longer holds" in err

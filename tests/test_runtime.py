@@ -87,3 +87,27 @@ def test_order_of_is_the_power_of_ten_at_or_above(value, text):
 def test_median_seconds_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeats"):
         runtime.median_seconds(lambda: None, repeats=0)
+
+
+def test_checkpoint_reuses_a_saved_value_only_for_the_same_parameters(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.RUN_DIR_ENV, str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
+    assert cfg.checkpoint("block", compute) == {"value": 1}
+    assert runtime.configure("ci", "cpu", 0, chapter=CHAPTER).checkpoint("block", compute) == {"value": 1}
+    changed = runtime.configure("ci", "cpu", 0, chapter=CHAPTER, n_starts=3)
+    assert changed.checkpoint("block", compute) == {"value": 2}  # other parameters: recomputed
+    assert len(calls) == 2 and not list(tmp_path.glob("checkpoints/*.partial"))
+    with pytest.raises(ValueError, match="checkpoint name"):
+        cfg.checkpoint("../escape", compute)
+
+
+def test_checkpoint_outside_a_cli_run_just_computes(monkeypatch):
+    monkeypatch.delenv(runtime.RUN_DIR_ENV, raising=False)
+    cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
+    assert cfg.checkpoint("block", lambda: 42) == 42

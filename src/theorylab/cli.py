@@ -2,7 +2,7 @@
 
     theorylab list
     theorylab run CHAPTER|all [--profile ci|full] [--device auto|cpu|cuda|cuda:N] [--seed N]
-                  [--out runs/] [-p NAME VALUE ...] [--force] [--dry-run]
+                  [--out runs/] [-p NAME VALUE ...] [--force | --resume] [--dry-run]
     theorylab refresh [CHAPTER ...] [--force]
 
 Every value is validated (by :func:`theorylab.runtime.resolve`) before anything runs or is written.
@@ -111,8 +111,8 @@ def command_run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UsageError(f"{spec.name}: {error}") from None
         out_dir = Path(args.out) / f"{spec.name}-{args.profile}"
-        if out_dir.exists() and any(out_dir.iterdir()) and not args.force and not args.dry_run:
-            raise UsageError(f"{out_dir} already holds a run; pass --force to overwrite it")
+        if out_dir.exists() and any(out_dir.iterdir()) and not (args.force or args.resume or args.dry_run):
+            raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
         plans.append((spec, resolved, known, out_dir))
     if args.dry_run:
         for spec, resolved, _, out_dir in plans:
@@ -125,7 +125,17 @@ def command_run(args: argparse.Namespace) -> int:
     root = book_root()
     summary = []
     for spec, resolved, known, out_dir in plans:
+        status_file = out_dir / "status.json"
+        if args.resume and status_file.exists():
+            previous = json.loads(status_file.read_text())
+            if previous.get("status") == "ok" and previous.get("parameters") == runtime.jsonable(resolved):
+                print(f"== {spec.name}: already completed in {out_dir}, skipped (--resume)")
+                summary.append([spec.name, args.profile, "kept", f"{previous['seconds']:.1f}", "", ""])
+                continue
+        if args.force:
+            shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
+        status_file.unlink(missing_ok=True)
         (out_dir / "metrics.json").unlink(missing_ok=True)
         shutil.rmtree(out_dir / "figures", ignore_errors=True)
         output = out_dir / Path(spec.notebook).name
@@ -148,12 +158,14 @@ def command_run(args: argparse.Namespace) -> int:
             os.environ.pop(runtime.RUN_DIR_ENV, None)
         seconds = time.perf_counter() - start
         figures = _notebook_figures(json.loads(output.read_text()), out_dir / "figures") if output.exists() else 0
+        status_file.write_text(json.dumps({"status": status, "seconds": round(seconds, 1), "failure": failed,
+                                           "parameters": runtime.jsonable(resolved)}, indent=2))
         summary.append([spec.name, args.profile, status, f"{seconds:.1f}", str(figures), failed])
         if failed:
             print(f"   {spec.name} failed at {failed}; the partial notebook is {output}", file=sys.stderr)
     print()
     print(_table(summary, ["chapter", "profile", "status", "seconds", "figures", "failure"]))
-    return 1 if any(row[2] != "ok" for row in summary) else 0
+    return 1 if any(row[2] not in ("ok", "kept") for row in summary) else 0
 
 
 def source_hash(root: Path, markdown: Path) -> str:
@@ -218,7 +230,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs", help="folder for executed notebooks, figures, metrics.json")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="override a chapter parameter")
-    run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="delete an existing run folder and start afresh")
+    again.add_argument("--resume", action="store_true",
+                       help="continue in an existing run folder: skip completed chapters, reuse saved checkpoints")
     run.add_argument("--dry-run", action="store_true", help="print the resolved parameters, run nothing")
     refresh = commands.add_parser("refresh", help="sync .md -> .ipynb and re-execute stale chapters")
     refresh.add_argument("chapter", nargs="*", help="chapter names (default: all)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,7 @@ class Config:
 
     def record(self, check: str, **values: Any) -> None:
         """Store the numbers a check cell asserted on; written to ``metrics.json`` in a CLI run."""
-        self.metrics[check] = {k: _jsonable(v) for k, v in values.items()}
+        self.metrics[check] = {k: jsonable(v) for k, v in values.items()}
         if self.run_dir is not None:
             path = self.run_dir / "metrics.json"
             path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
@@ -210,11 +211,38 @@ class Config:
                                         "checks": self.metrics}, indent=2))
 
 
-def _jsonable(value: Any) -> Any:
+    def checkpoint(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, saved under ``checkpoints/NAME.pkl`` of a CLI run and reused on resume.
+
+        A saved value is reused only if it was made with the same chapter, profile, seed and
+        parameters; outside a CLI run (``THEORYLAB_RUN_DIR`` unset) this just calls ``compute``.
+        """
+        if self.run_dir is None:
+            return compute()
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"checkpoint name: got {name!r}, expected letters, digits, '_' or '-'")
+        key = json.dumps([self.chapter, self.profile, self.seed, jsonable(self.params)])
+        path = self.run_dir / "checkpoints" / f"{name}.pkl"
+        if path.exists():
+            with path.open("rb") as handle:
+                saved_key, value = pickle.load(handle)
+            if saved_key == key:
+                return value
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as handle:
+            pickle.dump((key, value), handle)
+        partial.replace(path)  # atomic: an interrupted run never leaves a truncated checkpoint
+        return value
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with arrays, tuples and non-string keys made JSON-serialisable."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
     return value

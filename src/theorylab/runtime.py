@@ -117,6 +117,23 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_minutes=15,
         full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
     ),
+    "rank-minimization": ChapterSpec(
+        name="rank-minimization",
+        title="SGD and weight decay secretly minimize the rank of your network",
+        notebook="chapters/rank-minimization.ipynb",
+        params={
+            "steps": Param(int, 10_000, 40_000, "SGD steps of the fixed-step runs", minimum=1),
+            "epochs": Param(float, 40.0, 40.0, "epochs of the fixed-epoch protocol", minimum=0.01),
+            "certificate_steps": Param(int, 6_000, 20_000, "steps of the certificate run", minimum=400),
+            "cnn_steps": Param(int, 4_000, 20_000, "steps of each convolutional run", minimum=1),
+            "seeds": Param(int, 1, 3, "seeds averaged in every sweep", minimum=1),
+            "grid_size": Param(int, 0, 5, "points per axis of the (batch, learning rate) grid; 0 skips it",
+                               minimum=0),
+        },
+        ci_seconds=60,
+        full_minutes=90,
+        full_note="4x longer runs, 3 seeds, a 5x5 (batch, rate) grid per weight decay under both protocols",
+    ),
 }
 
 

@@ -1,0 +1,118 @@
+"""The small training loops the chapters share, with hooks for what each chapter records."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import Split
+
+
+def mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Fully connected ReLU network ``widths[0] -> ... -> widths[-1]`` (PyTorch's default init)."""
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"widths: got {list(widths)!r}, expected at least two positive sizes")
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def small_cnn(channels: int = 32, n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
+    """3x3 conv (padding 1) -> ReLU -> 3x3 conv -> ReLU -> global average pool -> linear."""
+    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, n_classes))
+
+
+def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """The weights of every linear and convolutional layer, in order."""
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def steps_for_epochs(n_samples: int, batch: int, epochs: float) -> int:
+    r"""Steps of a fixed-epoch protocol: :math:`\lceil E\cdot N/B\rceil`."""
+    if min(n_samples, batch) < 1 or epochs <= 0:
+        raise ValueError(f"n_samples, batch and epochs must be positive, got {n_samples}, {batch}, {epochs}")
+    return math.ceil(epochs * n_samples / batch)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` classified as ``y``."""
+    return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+@dataclass
+class UnrolledSum:
+    r"""Running sum of L3 for one weight: from step :math:`T-n` on, :math:`S \leftarrow (1-\mu\,\mathrm{wd})S - \mu G`
+    in float64, with the snapshot :math:`W_{T-n}` and the learning rates applied (not the history)."""
+
+    weight: torch.Tensor
+    window: int
+    start: torch.Tensor | None = None
+    total: torch.Tensor | None = None
+    lrs: list[float] = field(default_factory=list)
+    gradients_checked: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    steps: int
+    history: list[dict[str, Any]]
+    unrolled: UnrolledSum | None
+
+
+def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, steps: int, seed: int = 0,
+              record_every: int = 0, record: Callable[[nn.Module], dict[str, Any]] | None = None,
+              unroll: tuple[torch.Tensor, int] | None = None, check_gradients: int = 0) -> TrainResult:
+    r"""Plain SGD (no momentum: the certificate of L3 needs it plain) on cross-entropy, constant rate.
+
+    Each step draws ``batch`` training indices uniformly with replacement (a ``torch.Generator`` seeded
+    with ``seed``), then applies PyTorch's ``SGD(lr, weight_decay=wd)`` update
+    :math:`W \leftarrow (1-\mu\,\mathrm{wd})W - \mu G`. Every ``record_every`` steps (and at the end)
+    ``record(model)`` is appended to the history with the step. ``unroll=(weight, n)`` keeps the running
+    sum of the last ``n`` updates of ``weight`` (:class:`UnrolledSum`), and stores the gradient of that
+    weight at ``check_gradients`` evenly spaced steps of the window.
+    """
+    if min(batch, steps) < 1 or lr <= 0 or wd < 0:
+        raise ValueError(f"batch and steps must be positive, lr positive and wd non-negative; "
+                         f"got batch={batch}, steps={steps}, lr={lr}, wd={wd}")
+    if unroll is not None and not 0 < unroll[1] <= steps:
+        raise ValueError(f"unroll window: got {unroll[1]}, expected 1..{steps}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=0.0)
+    history: list[dict[str, Any]] = []
+    tracker = UnrolledSum(unroll[0], unroll[1]) if unroll is not None else None
+    check_at: set[int] = set()
+    if tracker is not None and check_gradients:
+        first = steps - tracker.window
+        check_at = {first + (k * tracker.window) // check_gradients for k in range(check_gradients)}
+    n = len(data.y_train)
+    for step in range(steps):
+        if record is not None and record_every and step % record_every == 0:
+            history.append({"step": step, **record(model)})
+        index = torch.randint(0, n, (batch,), generator=generator)
+        loss = nn.functional.cross_entropy(model(data.x_train[index]), data.y_train[index])
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if tracker is not None and step >= steps - tracker.window:
+            gradient = tracker.weight.grad.detach().to(torch.float64)
+            if tracker.start is None:
+                tracker.start = tracker.weight.detach().to(torch.float64).clone()
+                tracker.total = torch.zeros_like(tracker.start)
+            tracker.total = (1 - lr * wd) * tracker.total - lr * gradient
+            tracker.lrs.append(lr)
+            if step in check_at:
+                tracker.gradients_checked.append(gradient.clone())
+        optimizer.step()
+    if record is not None:
+        history.append({"step": steps, **record(model)})
+    return TrainResult(model=model, steps=steps, history=history, unrolled=tracker)

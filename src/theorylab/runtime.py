@@ -131,7 +131,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
                                minimum=0),
         },
         ci_seconds=60,
-        full_minutes=90,
+        full_minutes=120,
         full_note="4x longer runs, 3 seeds, a 5x5 (batch, rate) grid per weight decay under both protocols",
     ),
 }

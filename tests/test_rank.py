@@ -124,3 +124,11 @@ def test_class_images_are_separable_by_their_prototypes():
     centres = torch.stack([split.x_train[split.y_train == k].mean(0) for k in range(4)]).flatten(1)
     nearest = torch.cdist(split.x_test.flatten(1), centres).argmin(1)
     assert float((nearest == split.y_test).float().mean()) > 0.9
+
+
+def test_near_convergence_distance_by_hand():
+    w = np.array([[3.0, 0.0], [0.0, 4.0]])
+    g = np.array([[-0.3, 0.0], [0.0, 0.0]])  # W + g/wd with wd = 0.1 is diag(0, 4)
+    assert rank.near_convergence_distance(w, g, 0.1) == pytest.approx(4.0 / 5.0)
+    with pytest.raises(ValueError, match="wd"):
+        rank.near_convergence_distance(w, g, 0.0)

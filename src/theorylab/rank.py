@@ -128,3 +128,17 @@ def certificate(w_start, w_end, update_sum, decay: float, window: int, rank_per_
     measured = tail_rank(end, epsilon) if 0 < epsilon < 1 else min(end.shape)
     return Certificate(window=window, rank_budget=budget, epsilon=epsilon, tail_rank=measured,
                        sum_rank=numerical_rank(total, rtol), unrolling_residual=residual)
+
+
+def near_convergence_distance(weight, batch_gradient, wd: float) -> float:
+    r"""L4: :math:`\|W + \nabla L_{\rm batch}/\mathrm{wd}\|_F / \|W\|_F
+    = \|\nabla(L_{\rm batch} + \tfrac{\mathrm{wd}}2\|W\|_F^2)\|_F / (\mathrm{wd}\,\|W\|_F)`.
+
+    :math:`-\nabla L_{\rm batch}/\mathrm{wd}` has rank at most :math:`BR`, so a small value certifies that
+    :math:`W` is that close to a matrix of rank :math:`BR`; it is small only near a stationary point of the
+    regularised batch loss.
+    """
+    if not wd > 0:
+        raise ValueError(f"wd: got {wd!r}, expected a positive weight decay")
+    w, g = as_matrix(weight), as_matrix(batch_gradient)
+    return float(torch.linalg.matrix_norm(w + g / wd) / torch.linalg.matrix_norm(w))

@@ -38,6 +38,9 @@ def test_list_shows_every_chapter_with_ci_and_full_values(capsys):
     (["run", CHAPTER, "-p", "n_starts", "four"], "parameter 'n_starts': got 'four'"),
     (["run", CHAPTER, "-p", "scaling_sizes", "100,-1"], "parameter 'scaling_sizes'"),
     (["run", CHAPTER, "-p", "n_tasks", "3"], "unknown parameter(s) ['n_tasks']"),
+    (["run", CHAPTER, "-p", "steps", "3"], "unknown parameter(s) ['steps'] for chapter(s) contract-design"),
+    (["run", "all", "-p", "n_tasks", "3"], "unknown parameter(s) ['n_tasks']"),
+    (["run", "all", "-p", "steps", "-3"], "rank-minimization: parameter 'steps': got -3"),
     (["run", CHAPTER, "-p", "seed", "3"], "use --seed instead"),
     (["run", CHAPTER, "--device", "tpu"], "device: got 'tpu'"),
 ])
@@ -57,6 +60,19 @@ def test_negative_seed_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", CHAPTER, "--seed", "-2"])
     assert exit_info.value.code == 2 and "expected a non-negative integer" in capsys.readouterr().err
+
+
+def test_run_all_dry_run_gives_each_chapter_only_its_own_overrides(capsys, tmp_path):
+    status, out, _ = run_cli(capsys, "run", "all", "--dry-run", "--device", "cpu", "-p", "steps", "7",
+                             "-p", "n_starts", "2", "--out", str(tmp_path / "runs"))
+    decoder, plans, position = json.JSONDecoder(), {}, 0
+    while out[position:].strip():
+        plan, position = decoder.raw_decode(out, position + len(out[position:]) - len(out[position:].lstrip()))
+        plans[plan["chapter"]] = plan["parameters"]
+    assert status == 0 and set(plans) == set(runtime.CHAPTERS)
+    assert plans["rank-minimization"]["steps"] == 7 and "n_starts" not in plans["rank-minimization"]
+    assert plans["contract-design"]["n_starts"] == 2 and "steps" not in plans["contract-design"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_dry_run_prints_resolved_parameters_and_writes_nothing(capsys, tmp_path):

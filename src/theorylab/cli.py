@@ -101,11 +101,12 @@ def _describe_cell(notebook: Path, exec_count: int) -> str:
 def command_run(args: argparse.Namespace) -> int:
     specs = _chapters(args.chapter)
     overrides = _overrides(args.param)
+    orphans = sorted(set(overrides) - {name for spec in specs for name in spec.params})
+    if orphans:
+        raise UsageError(f"unknown parameter(s) {orphans} for chapter(s) {', '.join(spec.name for spec in specs)}")
     plans = []
     for spec in specs:
         known = {name: value for name, value in overrides.items() if name in spec.params}
-        if len(specs) == 1:
-            known = overrides  # unknown names are an error for a single chapter
         try:
             resolved = runtime.resolve(spec.name, args.profile, args.device, args.seed, **known)
         except ValueError as error:

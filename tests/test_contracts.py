@@ -389,3 +389,15 @@ def test_stalled_solve_reports_the_agents_vanishing_curvature():
     # -H = c(1 - a) for this model, computed here by hand at the returned action.
     assert result.agent_curvature == pytest.approx(1.0 - result.action[0], rel=1e-6)
     assert "agent curvature" in result.reason
+
+
+def test_traced_product_for_constant_jacobian_equals_minus_c_times_u():
+    env = ct.tridiagonal_multitask_env(200, seed=6)
+    theta = torch.full((200,), 0.3, dtype=torch.float64)
+    u = torch.as_tensor(np.random.default_rng(7).normal(size=200))
+    traced = ct._negative_jacobian_product(env, theta, env.best_response(theta))(u)
+    np.testing.assert_allclose(traced.numpy(), env.C.to_scipy() @ u.numpy(), atol=1e-13)
+    # A second environment gets its own trace (the cache lives on the instance).
+    other = ct.tridiagonal_multitask_env(200, seed=8)
+    np.testing.assert_allclose(ct._negative_jacobian_product(other, theta, theta)(u).numpy(),
+                               other.C.to_scipy() @ u.numpy(), atol=1e-13)

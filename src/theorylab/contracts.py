@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.func import grad, jvp, vjp
+from torch.func import grad, jvp, linearize, vjp
 
 DTYPE = torch.float64
 SQRT_PI = math.sqrt(math.pi)
@@ -202,7 +202,23 @@ def newton_best_response(env: ContractEnv, theta: torch.Tensor, a0: torch.Tensor
 
 def _negative_jacobian_product(env: ContractEnv, theta: torch.Tensor, a: torch.Tensor
                                ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:math:`u \\mapsto -J u`, with :math:`J = \\partial_a G(\\theta, a)` by forward-mode autodiff."""
+    """:math:`u \\mapsto -J u`, with :math:`J = \\partial_a G(\\theta, a)` by forward-mode autodiff.
+
+    Where ``env.constant_jacobian`` says :math:`G` is affine in :math:`a` with a Jacobian that does not
+    depend on :math:`\\theta` either (multi-task Holmström–Milgrom: :math:`J = -C`), the forward pass is
+    traced once per environment with :func:`torch.func.linearize` and replayed: the same autodiff
+    product, without re-tracing on every CG step (about 4x cheaper at :math:`n = 10^5`; see the benchmark).
+    """
+    if getattr(env, "constant_jacobian", False):
+        linear = env.__dict__.get("_linearized_first_order")
+        if linear is None or linear[0] != a.shape or linear[1] != a.device:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer warns about the constants it folds
+                tangent_map = linearize(lambda x: env.first_order(theta, x), a)[1]
+            linear = (a.shape, a.device, tangent_map)
+            env._linearized_first_order = linear
+        return lambda u: -linear[2](u)
+
     def product(u: torch.Tensor) -> torch.Tensor:
         return -jvp(lambda x: env.first_order(theta, x), (a,), (u,))[1]
     return product
@@ -331,8 +347,11 @@ class MultiTaskCaraNormal(ContractEnv):
     :math:`b^\\top a - a^\\top C a/2 - r\\beta^\\top\\Sigma\\beta/2`. ``C`` is a dense SPD array or a
     :class:`Tridiagonal`; ``Sigma`` a dense SPD array or a vector of variances (diagonal).
     The first-order map :math:`G = \\beta - Ca` is written out (it is linear), so a Hessian-vector
-    product is one forward-mode pass through a matrix-vector product.
+    product is one forward-mode pass through a matrix-vector product, traced once
+    (``constant_jacobian``).
     """
+
+    constant_jacobian = True
 
     def __init__(self, r: float, C: Any, Sigma: Any, b: Any, device: Any = "cpu"):
         self.r = _positive("r", r)

@@ -1,0 +1,460 @@
+r"""Latency model of plain, speculative and distributed speculative inference (chapter
+``speculative-inference``, after Timor et al., *Distributed Speculative Inference*, ICLR 2025).
+
+Notation of the chapter: target latency :math:`t` (time per output token), drafter latency :math:`d`,
+acceptance rate :math:`a`, lookahead :math:`L`, tokens :math:`N`, speculation-parallelism degree
+:math:`P` (target servers). A run is a walk over the committed prefix; with :math:`R` tokens left,
+
+* **non-SI** emits one token per :math:`t`: :math:`T = Nt` (definition D2);
+* **SI** drafts :math:`k=\min(L,R-1)` tokens, verifies them in one pass and emits
+  :math:`\min(n,k)+1`, at cost :math:`kd+t` (D3);
+* **DSI** runs in epochs (D4): the drafter never pauses, task :math:`j` verifies the first
+  :math:`m_j=\min(jL,R-1)` drafts and is submitted at :math:`m_jd`; the task
+  :math:`j^*=\lceil n/L\rceil` that reveals the first wrong draft ends the epoch at
+  :math:`s_{j^*}+t`, with the FIFO start times :math:`s_j=\max(m_jd,\,s_{j-P}+t)`; it commits
+  :math:`n+1` tokens.
+
+:math:`n`, the number of drafts accepted before the first rejection, is geometric,
+:math:`\Pr(n)=a^n(1-a)`, truncated at the drafts available. The functions here give the exact
+expectation (dynamic programming over :math:`R`), the asymptotic rate per token (closed forms and
+renewal-reward series), vectorised Monte-Carlo paths, a replay of a recorded acceptance trace, a task
+timeline for Gantt charts, and an emulation of the paper's thread-pool simulator with its handicaps.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ALGORITHMS = ("nonsi", "si", "dsi")
+PAPER_HANDICAPS = ("block_rule", "restart_call", "lifo", "second_seed")
+"""Rules of the paper's simulator that differ from the idealised model, in the order the chapter
+switches them on (see :func:`emulate_paper`)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: got {value!r}, expected a positive finite number")
+    return float(value)
+
+
+def _at_least_one(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: got {value!r}, expected an integer >= 1")
+    return int(value)
+
+
+def check_algorithm(algorithm: Any) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: got {algorithm!r}, expected one of {list(ALGORITHMS)}")
+    return algorithm
+
+
+def check_acceptance_rate(acceptance_rate: Any) -> float:
+    if isinstance(acceptance_rate, bool) or not isinstance(acceptance_rate, (int, float, np.integer, np.floating)) \
+            or not 0 <= acceptance_rate <= 1:
+        raise ValueError(f"acceptance_rate: got {acceptance_rate!r}, expected a number in [0, 1]")
+    return float(acceptance_rate)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One validated configuration of the latency model (a drafter slower than the target is allowed)."""
+
+    t: float
+    d: float
+    a: float
+    L: int
+    P: int | None
+    nonsi_thread: bool = False
+
+    @classmethod
+    def make(cls, *, target_latency: Any, drafter_latency: Any, acceptance_rate: Any, lookahead: Any,
+             sp_degree: Any = None, nonsi_thread: bool = False) -> Setting:
+        return cls(t=_positive("target_latency", target_latency), d=_positive("drafter_latency", drafter_latency),
+                   a=check_acceptance_rate(acceptance_rate), L=_at_least_one("lookahead", lookahead),
+                   P=None if sp_degree is None else _at_least_one("sp_degree", sp_degree),
+                   nonsi_thread=bool(nonsi_thread))
+
+
+def _setting(kwargs: dict[str, Any]) -> Setting:
+    return Setting.make(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# One step of each algorithm
+
+
+def servers_needed(target_latency: float, drafter_latency: float, lookahead: int) -> int:
+    r"""S1: the number of target servers with which no task waits, :math:`\lceil t/(Ld)\rceil`."""
+    t, d = _positive("target_latency", target_latency), _positive("drafter_latency", drafter_latency)
+    return max(1, math.ceil(t / (_at_least_one("lookahead", lookahead) * d) - 1e-12))
+
+
+def fifo_start(j: np.ndarray, s: Setting) -> np.ndarray:
+    r"""Start of task :math:`j` of an epoch that never runs out of tokens, relative to the epoch start.
+
+    With submissions :math:`jLd` and :math:`P` FIFO servers busy :math:`t` per task,
+    :math:`s_j=\max(jLd,\,s_{j-P}+t)=jLd+\lfloor j/P\rfloor\max(0,\,t-PLd)` (no waiting without a
+    server limit).
+    """
+    j = np.asarray(j)
+    start = j * s.L * s.d
+    if s.P is not None:
+        start = start + (j // s.P) * max(0.0, s.t - s.P * s.L * s.d)
+    return start
+
+
+def dsi_epoch_duration(n: np.ndarray, remaining: np.ndarray, s: Setting) -> np.ndarray:
+    r"""Duration of a DSI epoch (D4) that commits :math:`n+1` of the ``remaining`` :math:`R` tokens.
+
+    The revealing task is :math:`j^*=\lceil n/L\rceil`. Its start is :func:`fifo_start` unless it is the
+    epoch's last task, whose submission is capped at the :math:`R-1` drafts there are:
+    :math:`s_{j^*}=\max((R-1)d,\,s_{j^*-P}+t)`. The duration is :math:`s_{j^*}+t`, and
+    :math:`\min(s_{j^*}+t,\,(n+1)t)` with the non-SI thread.
+    """
+    n = np.asarray(n)
+    remaining = np.asarray(remaining)
+    j = -(-n // s.L)
+    start = fifo_start(j, s)
+    capped = j * s.L > remaining - 1
+    if capped.any():
+        last = (remaining - 1) * s.d
+        if s.P is not None:
+            previous = np.where(j >= s.P, fifo_start(np.maximum(j - s.P, 0), s) + s.t, -np.inf)
+            last = np.maximum(last, previous)
+        start = np.where(capped, last, start)
+    duration = start + s.t
+    if s.nonsi_thread:
+        duration = np.minimum(duration, (n + 1) * s.t)
+    return duration
+
+
+def accepted_pmf(a: float, cap: int) -> np.ndarray:
+    r""":math:`\Pr(n=j)` for :math:`j=0..\text{cap}`: :math:`a^j(1-a)` below the cap, :math:`a^{\text{cap}}` at it."""
+    pmf = a ** np.arange(cap + 1) * (1 - a)
+    pmf[cap] = a ** cap
+    return pmf
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact expectations and rates
+
+
+def expected_latency(algorithm: str, *, target_latency: float, drafter_latency: float, acceptance_rate: float,
+                     lookahead: int, n_tokens: int, sp_degree: int | None = None,
+                     nonsi_thread: bool = False) -> float:
+    r"""Exact :math:`\mathbb E\,T` of generating ``n_tokens`` tokens.
+
+    non-SI: :math:`Nt`. SI (D3): :math:`E_R=kd+t+\sum_{j\le k}p_jE_{R-1-j}` with :math:`k=\min(L,R-1)`.
+    DSI (D4): :math:`E_R=\sum_{n<R}p_n\,(D_R(n)+E_{R-1-n})` with :func:`dsi_epoch_duration` :math:`D_R`.
+    ``sp_degree=None`` means enough servers; otherwise a FIFO queue over ``sp_degree`` servers.
+    """
+    check_algorithm(algorithm)
+    s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
+                     acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree,
+                     nonsi_thread=nonsi_thread)
+    n_tokens = _at_least_one("n_tokens", n_tokens)
+    if algorithm == "nonsi":
+        return n_tokens * s.t
+    expected = np.zeros(n_tokens + 1)
+    for remaining in range(1, n_tokens + 1):
+        if algorithm == "si":
+            k = min(s.L, remaining - 1)
+            pmf = accepted_pmf(s.a, k)
+            expected[remaining] = k * s.d + s.t + pmf @ expected[remaining - 1 - np.arange(k + 1)]
+        else:
+            n = np.arange(remaining)
+            pmf = accepted_pmf(s.a, remaining - 1)
+            expected[remaining] = pmf @ (dsi_epoch_duration(n, remaining, s) + expected[remaining - 1 - n])
+    return float(expected[n_tokens])
+
+
+def si_rate(t: Any, d: Any, a: Any, L: Any) -> np.ndarray:
+    r"""SI's expected latency per token for :math:`N\to\infty`: :math:`(Ld+t)\frac{1-a}{1-a^{L+1}}` (array-wise)."""
+    t, d, a, L = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (t, d, a, L)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tokens = np.where(a < 1, (1 - a ** (L + 1)) / np.where(a < 1, 1 - a, 1), L + 1)
+    return (L * d + t) / tokens
+
+
+def dsi_rate(t: Any, d: Any, a: Any, L: Any, P: Any = None) -> np.ndarray:
+    r"""DSI's expected latency per token for :math:`N\to\infty` (no non-SI thread), array-wise.
+
+    Renewal reward over epochs, with :math:`\mathbb E\lceil n/L\rceil=a/(1-a^L)` and, with :math:`P` FIFO
+    servers, :math:`\mathbb E\lfloor j^*/P\rfloor=a^{(P-1)L+1}/(1-a^{PL})`:
+    :math:`\rho=(1-a)\big(t+\frac{Lda}{1-a^L}+\max(0,t-PLd)\frac{a^{(P-1)L+1}}{1-a^{PL}}\big)`;
+    at :math:`a=1`, :math:`d+\max(0,t-PLd)/(PL)`.
+    """
+    no_limit = P is None
+    t, d, a, L, P = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (t, d, a, L, 1 if no_limit else P)))
+    safe = np.where(a < 1, a, 0.5)
+    rate = (1 - safe) * (t + L * d * safe / (1 - safe ** L))
+    limit = d.copy()
+    if not no_limit:
+        wait = np.maximum(0.0, t - P * L * d)
+        rate = rate + (1 - safe) * wait * safe ** ((P - 1) * L + 1) / (1 - safe ** (P * L))
+        limit = limit + wait / (P * L)
+    return np.where(a < 1, rate, limit)
+
+
+def dsi_rate_series(s: Setting, tolerance: float = 1e-16) -> float:
+    r"""DSI's rate by summing the renewal-reward series over :math:`n` (any setting, non-SI thread included):
+    :math:`\rho=(1-a)\sum_n a^n(1-a)D_\infty(n)`, truncated where :math:`a^n<` ``tolerance``."""
+    if s.a >= 1:
+        raise ValueError("acceptance_rate: the series needs a < 1")
+    terms = 1 if s.a == 0 else max(1, math.ceil(math.log(tolerance) / math.log(s.a)))
+    n = np.arange(terms)
+    durations = dsi_epoch_duration(n, np.full(terms, np.iinfo(np.int64).max // 4), s)
+    return float((1 - s.a) * ((s.a ** n * (1 - s.a)) @ durations))
+
+
+def best_si_rate(t: Any, d: Any, a: Any, max_lookahead: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """SI's smallest rate over lookaheads 1..``max_lookahead`` and the lookahead that attains it."""
+    lookaheads = np.arange(1, max_lookahead + 1).reshape((-1,) + (1,) * np.ndim(np.broadcast(t, d, a)))
+    rates = si_rate(t, d, a, lookaheads)
+    return rates.min(axis=0), lookaheads.ravel()[rates.argmin(axis=0)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampled paths and trace replay
+
+
+def _walk(algorithm: str, s: Setting, n_tokens: int, n_runs: int,
+          draw: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Latencies of ``n_runs`` paths, vectorised across paths; ``draw(runs, positions, caps)`` gives
+    the accepted drafts of each active path's next iteration (SI) or epoch (DSI)."""
+    if algorithm == "nonsi":
+        return np.full(n_runs, n_tokens * s.t)
+    position = np.zeros(n_runs, dtype=np.int64)
+    latency = np.zeros(n_runs)
+    runs = np.arange(n_runs)
+    while runs.size:
+        remaining = n_tokens - position[runs]
+        if algorithm == "si":
+            drafts = np.minimum(s.L, remaining - 1)
+            n = draw(runs, position[runs], drafts)
+            latency[runs] += drafts * s.d + s.t
+        else:
+            n = draw(runs, position[runs], remaining - 1)
+            latency[runs] += dsi_epoch_duration(n, remaining, s)
+        position[runs] += n + 1
+        runs = runs[position[runs] < n_tokens]
+    return latency
+
+
+def simulate(algorithm: str, *, target_latency: float, drafter_latency: float, acceptance_rate: float,
+             lookahead: int, n_tokens: int, n_runs: int, seed: int = 0, sp_degree: int | None = None,
+             nonsi_thread: bool = False) -> np.ndarray:
+    r"""Sampled latencies of ``n_runs`` independent generations of ``n_tokens`` tokens (same model as
+    :func:`expected_latency`), with :math:`n` drawn i.i.d. geometric per iteration/epoch and truncated
+    at the drafts available."""
+    check_algorithm(algorithm)
+    s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
+                     acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree,
+                     nonsi_thread=nonsi_thread)
+    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    rng = np.random.default_rng(seed)
+
+    def draw(runs, positions, caps):
+        if s.a == 1:
+            return caps
+        return np.minimum(rng.geometric(1 - s.a, size=runs.size) - 1, caps)
+
+    return _walk(algorithm, s, n_tokens, n_runs, draw)
+
+
+def replay(algorithm: str, run_lengths: Iterable[int], *, target_latency: float, drafter_latency: float,
+           lookahead: int, sp_degree: int | None = None, nonsi_thread: bool = False) -> float:
+    r"""Latency of one generation whose acceptance pattern is recorded, not sampled.
+
+    ``run_lengths[p]`` is how many drafts the drafter gets right when it starts from the committed prefix
+    of length :math:`p` (for greedy decoding this is a property of the output, not of the algorithm), so
+    every algorithm's path is determined: :math:`n=\min(\text{run\_lengths}[p],\text{cap})`.
+    """
+    check_algorithm(algorithm)
+    lengths = np.asarray(list(run_lengths), dtype=np.int64)
+    if lengths.ndim != 1 or lengths.size == 0 or (lengths < 0).any():
+        raise ValueError("run_lengths: expected a non-empty sequence of non-negative integers")
+    s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency, acceptance_rate=0.5,
+                     lookahead=lookahead, sp_degree=sp_degree, nonsi_thread=nonsi_thread)
+    return float(_walk(algorithm, s, lengths.size, 1, lambda runs, pos, caps: np.minimum(lengths[pos], caps))[0])
+
+
+def estimate_acceptance_rate(run_lengths: Iterable[int]) -> float:
+    r"""The paper's estimator from exact-match run lengths: :math:`\hat a=\bar n/(1+\bar n)` (the MLE of a geometric law)."""
+    mean = float(np.mean(list(run_lengths)))
+    return mean / (1 + mean)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timelines for Gantt charts
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One bar of a Gantt chart: who (``drafter``, ``target``, ``server k``) did what, when."""
+
+    lane: str
+    start: float
+    end: float
+    kind: str  # "draft", "verify", "preempted", "decode"
+
+
+def timeline(algorithm: str, run_lengths: Iterable[int], *, target_latency: float, drafter_latency: float,
+             lookahead: int, sp_degree: int | None = None) -> list[Interval]:
+    """Bars of one generation with a recorded acceptance pattern (see :func:`replay`); DSI's tasks sit on
+    server ``j mod P`` (FIFO with equal service times), and a task still running when its epoch ends is
+    ``preempted``. Ends at the same time as :func:`replay`."""
+    check_algorithm(algorithm)
+    lengths = [int(v) for v in run_lengths]
+    s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency, acceptance_rate=0.5,
+                     lookahead=lookahead, sp_degree=sp_degree)
+    bars: list[Interval] = []
+    clock, position, total = 0.0, 0, len(lengths)
+    if algorithm == "nonsi":
+        return [Interval("target", k * s.t, (k + 1) * s.t, "decode") for k in range(total)]
+    while position < total:
+        remaining = total - position
+        if algorithm == "si":
+            k = min(s.L, remaining - 1)
+            bars += [Interval("drafter", clock + i * s.d, clock + (i + 1) * s.d, "draft") for i in range(k)]
+            bars.append(Interval("target", clock + k * s.d, clock + k * s.d + s.t, "verify"))
+            clock += k * s.d + s.t
+            position += min(lengths[position], k) + 1
+            continue
+        n = min(lengths[position], remaining - 1)
+        end = clock + float(dsi_epoch_duration(np.array([n]), np.array([remaining]), s)[0])
+        drafts = min(remaining - 1, math.floor((end - clock) / s.d + 1e-9))
+        bars += [Interval("drafter", clock + i * s.d, clock + (i + 1) * s.d, "draft") for i in range(drafts)]
+        for j in range(-(-(remaining - 1) // s.L) + 1):
+            submitted = min(j * s.L, remaining - 1) * s.d
+            if clock + submitted > end - 1e-12:
+                break
+            start = clock + float(dsi_epoch_duration(np.array([min(j * s.L, remaining - 1)]), np.array([remaining]),
+                                                     Setting(s.t, s.d, s.a, s.L, s.P))[0]) - s.t
+            if start >= end - 1e-12:
+                continue
+            server = j % s.P if s.P is not None else j
+            finished = start + s.t <= end + 1e-12
+            bars.append(Interval(f"server {server}", start, min(start + s.t, end), "verify" if finished else "preempted"))
+        clock = end
+        position += n + 1
+    return bars
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's thread-pool simulator, emulated
+
+
+def queue_starts(submissions: np.ndarray, service: float, servers: int, discipline: str = "fifo") -> np.ndarray:
+    """Start times of tasks submitted at ``submissions`` (non-decreasing) to ``servers`` identical servers
+    busy ``service`` per task, served first-in-first-out or last-in-first-out (an event loop)."""
+    if discipline not in ("fifo", "lifo"):
+        raise ValueError(f"discipline: got {discipline!r}, expected 'fifo' or 'lifo'")
+    submissions = np.asarray(submissions, dtype=float)
+    starts = np.full(submissions.size, np.inf)
+    free = [0.0] * _at_least_one("servers", servers)
+    waiting: list[int] = []
+    next_task = 0
+    while next_task < submissions.size or waiting:
+        now = free[0]
+        # admit every task submitted by the time the earliest server frees (or the next submission)
+        if not waiting:
+            now = max(now, submissions[next_task])
+        while next_task < submissions.size and submissions[next_task] <= now:
+            waiting.append(next_task)
+            next_task += 1
+        task = waiting.pop(0 if discipline == "fifo" else -1)
+        starts[task] = max(now, submissions[task])
+        heapq.heapreplace(free, starts[task] + service)
+    return starts
+
+
+def _paper_dsi_epoch(s: Setting, n: int, remaining: int, blocks: int | None, rules: set[str]) -> float:
+    """Duration of one DSI epoch of :func:`emulate_paper`: the epoch ends when the first task that can
+    reveal the rejection finishes (with LIFO a newer task may overtake the oldest one)."""
+    if blocks is None:  # D4: tasks check min(jL, R-1) drafts; task ceil(n/L) is the first to reveal
+        first = -(-n // s.L)
+        drafted = np.minimum(np.arange(-(-(remaining - 1) // s.L) + 1) * s.L, remaining - 1)
+    else:  # block rule: the drafter never stops; the first task past the rejection reveals it
+        first = blocks
+        drafted = np.arange(blocks + 2 * math.ceil(s.t / (s.L * s.d)) + 2) * s.L
+    extra = "restart_call" in rules and blocks is None  # a task with no drafts, holding a server
+    submissions = drafted * s.d
+    if s.P >= math.ceil(s.t / (s.L * s.d) - 1e-12) + extra:  # no task ever waits
+        return float(submissions[first] + s.t)
+    if extra:
+        submissions = np.concatenate([[0.0], submissions])
+        first += 1
+    # a task submitted 2t after the first revealing one cannot finish before it: a server frees within t
+    submissions = submissions[submissions <= submissions[first] + 2 * s.t]
+    starts = queue_starts(submissions, s.t, s.P, "lifo" if "lifo" in rules else "fifo")
+    return float((starts[first:] + s.t).min())
+
+
+def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: float, acceptance_rate: float,
+                  lookahead: int, n_tokens: int, n_runs: int, seed: int = 0, sp_degree: int = 1,
+                  handicaps: Iterable[str] = (), second: float = 1000.0) -> np.ndarray:
+    r"""Latencies under the rules of the paper's thread-pool simulator, each switched on by name.
+
+    With no handicap this is the idealised model (SI: D3; DSI: D4 with FIFO servers). Handicaps:
+
+    * ``block_rule``: a fully accepted block earns no bonus token; the rejection after :math:`n` accepted
+      drafts is found by the first block that drafted past it, :math:`\lfloor n/L\rfloor+1`, and the
+      epoch then commits :math:`n+1` (SI pays :math:`(\lfloor n/L\rfloor+1)(Ld+t)`);
+    * ``restart_call``: every restart first issues a target call with no drafts: blocking for SI (+t),
+      a task that holds a server for DSI;
+    * ``lifo``: DSI's pool serves the newest waiting task first;
+    * ``second_seed``: the draw of :math:`n` is seeded by the integer wall-clock second, so restarts
+      within one ``second`` (in the latency unit) reuse it (each run starts at a uniform phase).
+
+    The run ends when at least ``n_tokens`` are committed (the simulator may overshoot).
+    """
+    check_algorithm(algorithm)
+    unknown = sorted(set(handicaps) - set(PAPER_HANDICAPS))
+    if unknown:
+        raise ValueError(f"handicaps: unknown {unknown}; expected some of {list(PAPER_HANDICAPS)}")
+    rules = set(handicaps)
+    s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
+                     acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree)
+    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    rng = np.random.default_rng(seed)
+    if algorithm == "nonsi":
+        return np.full(n_runs, n_tokens * s.t)
+    latencies = np.zeros(n_runs)
+    for run in range(n_runs):
+        clock, committed, phase = 0.0, 0, rng.uniform(0, second)
+        reused: dict[int, int] = {}
+        restarting = True  # the first start is a restart too
+        while committed < n_tokens:
+            remaining = n_tokens - committed
+            draw = int(rng.geometric(1 - s.a)) - 1 if s.a < 1 else n_tokens
+            if "second_seed" in rules:
+                draw = reused.setdefault(int((clock + phase) // second), draw)
+            n = min(draw, n_tokens) if "block_rule" in rules else min(draw, remaining - 1)
+            blocks = n // s.L + 1 if "block_rule" in rules else None
+            if algorithm == "si":
+                clock += s.t if restarting and "restart_call" in rules else 0.0
+                if blocks is None:  # D3, iteration by iteration
+                    k = min(s.L, remaining - 1)
+                    clock += k * s.d + s.t
+                    committed += min(n, k) + 1
+                    restarting = n < k
+                else:
+                    clock += blocks * (s.L * s.d + s.t)
+                    committed += n + 1
+                continue
+            clock += _paper_dsi_epoch(s, n, remaining, blocks, rules)
+            committed += n + 1
+        latencies[run] = clock
+    return latencies

@@ -458,3 +458,111 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
             committed += n + 1
         latencies[run] = clock
     return latencies
+
+
+# ----------------------------------------------------------------------------------------------
+# Heatmaps and the paper's Table 1
+
+
+def heatmaps(c: np.ndarray, a: np.ndarray, *, max_si_lookahead: int = 200, budget: int = 7,
+             max_dsi_lookahead: int = 20) -> dict[str, np.ndarray]:
+    r"""Per-token latency ratios over a grid of drafter fractions :math:`c=d/t` and acceptance rates
+    (``c`` and ``a`` broadcast together; :math:`t=1`), from the rates of :func:`si_rate` and :func:`dsi_rate`.
+
+    SI takes its best lookahead :math:`\le` ``max_si_lookahead``. DSI in the paper's setting is
+    :math:`L=1` with :math:`\lceil1/c\rceil` servers, :math:`\rho=(1-a)+ac`. With a fixed budget of
+    ``budget`` servers it takes its best :math:`L\le` ``max_dsi_lookahead`` among those needing at most
+    ``budget`` servers, with the non-SI thread (which binds only when :math:`Lc>1`; then the series of
+    :func:`dsi_rate_series` is summed). Keys: ``nonsi/si``, ``si/dsi``, ``nonsi/dsi``, ``baseline/dsi``
+    (baseline = the faster of SI and non-SI), ``si/dsi budget``, and ``budget feasible`` (some
+    :math:`L` fits the budget).
+    """
+    c, a = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(a, dtype=float))
+    if (c <= 0).any() or (a < 0).any() or (a > 1).any():
+        raise ValueError("heatmaps: need c > 0 and a in [0, 1]")
+    si, _ = best_si_rate(1.0, c, a, max_si_lookahead)
+    dsi = dsi_rate(1.0, c, a, 1)
+    budget_rate = np.full(c.shape, np.inf)
+    for L in range(1, max_dsi_lookahead + 1):
+        fits = np.ceil(1 / (L * c) - 1e-12) <= budget
+        rate = dsi_rate(1.0, c, a, L)
+        for index in zip(*np.nonzero(fits & (L * c > 1)), strict=True):  # the non-SI thread binds
+            rate[index] = dsi_rate_series(Setting(1.0, float(c[index]), float(a[index]), L, None, True)) \
+                if a[index] < 1 else rate[index]
+        budget_rate = np.where(fits, np.minimum(budget_rate, rate), budget_rate)
+    return {"nonsi/si": 1 / si, "si/dsi": si / dsi, "nonsi/dsi": 1 / dsi,
+            "baseline/dsi": np.minimum(si, 1.0) / dsi, "si/dsi budget": si / budget_rate,
+            "budget feasible": np.isfinite(budget_rate)}
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """A row of the paper's Table 1 (PMLR version): latencies in ms, drafter fraction, acceptance, DSI/SI."""
+
+    target: str
+    drafter: str
+    dataset: str
+    t: float
+    d: float
+    c: float
+    acceptance: float
+    speedup: float
+
+
+PAPER_TABLE_1 = tuple(PaperRow(*row) for row in [
+    ("Vicuna-13B", "Vicuna-68M", "CNN-DM", 37.7, 2.5, 0.065, 0.63, 1.47),
+    ("Vicuna-13B", "Vicuna-68M", "Alpaca", 33.3, 2.5, 0.074, 0.58, 1.41),
+    ("Vicuna-7B", "Vicuna-68M", "CNN-DM", 29.4, 2.5, 0.084, 0.67, 1.29),
+    ("Vicuna-7B", "Vicuna-68M", "Alpaca", 26.0, 2.5, 0.095, 0.59, 1.70),
+    ("Starcoder-15B", "Starcoder-168M", "HumanEval", 20.6, 6.8, 0.323, 0.93, 1.92),
+    ("Starcoder-15B", "Starcoder-168M", "MBPP", 21.0, 6.8, 0.329, 0.90, 1.66),
+    ("Phi3-14B", "Phi3-4B", "HumanEval", 52.1, 34.0, 0.653, 0.95, 1.41),
+    ("Phi3-14B", "Phi3-4B", "MBPP", 52.2, 34.3, 0.658, 0.94, 1.37),
+    ("Phi3-14B", "Phi3-4B", "CNN-DM", 52.4, 34.6, 0.660, 0.93, 1.39),
+    ("Phi3-14B", "Phi3-4B", "Alpaca", 49.6, 33.4, 0.674, 0.87, 1.60),
+])
+"""Table 1 of Timor et al. (PMLR 262, 2024); ``c`` is the unrounded d % column over 100."""
+
+
+def table_speedup(row: PaperRow, *, n_tokens: int = 50, lookaheads: tuple[int, ...] = (1, 5, 10),
+                  sp_degree: int = 7, handicaps: Iterable[str] | None = None, n_runs: int = 0,
+                  seed: int = 0) -> dict[str, Any]:
+    r"""DSI/SI for one row: SI at its best lookahead against DSI at its best lookahead on ``sp_degree``
+    servers, with :math:`t=1`, :math:`d=c` (the speedup depends on :math:`t,d` only through :math:`c`).
+
+    ``handicaps=None`` gives exact expectations of the idealised model; otherwise means of ``n_runs``
+    paths of :func:`emulate_paper` with those rules (the latency arrays of the best configurations are
+    returned too, under ``si runs`` and ``dsi runs``).
+    """
+    common = dict(target_latency=1.0, drafter_latency=row.c, acceptance_rate=row.acceptance, n_tokens=n_tokens)
+    if handicaps is None:
+        si = {L: expected_latency("si", lookahead=L, **common) for L in lookaheads}
+        dsi = {L: expected_latency("dsi", lookahead=L, sp_degree=sp_degree, **common) for L in lookaheads}
+    else:
+        runs = {(algorithm, L): emulate_paper(algorithm, lookahead=L, sp_degree=sp_degree, handicaps=handicaps,
+                                              n_runs=_at_least_one("n_runs", n_runs), seed=seed + 7 * L + (algorithm == "dsi"),
+                                              **common)
+                for algorithm in ("si", "dsi") for L in lookaheads}
+        si = {L: runs["si", L].mean() for L in lookaheads}
+        dsi = {L: runs["dsi", L].mean() for L in lookaheads}
+    best_si, best_dsi = min(si, key=si.get), min(dsi, key=dsi.get)
+    result = {"speedup": si[best_si] / dsi[best_dsi], "si lookahead": best_si, "dsi lookahead": best_dsi}
+    if handicaps is not None:
+        result["si runs"], result["dsi runs"] = runs["si", best_si], runs["dsi", best_dsi]
+    return result
+
+
+def ratio_of_means_band(numerator: np.ndarray, denominator: np.ndarray, batch: int = 30, draws: int = 2000,
+                        seed: int = 0, quantiles: tuple[float, float] = (0.05, 0.95)) -> tuple[float, float]:
+    """Quantiles of ``mean(numerator)/mean(denominator)`` over bootstrap batches of ``batch`` runs each: the
+    spread of an estimate made from ``batch`` runs, as the paper's 30-run averages were."""
+    rng = np.random.default_rng(seed)
+    top = rng.choice(numerator, size=(draws, batch)).mean(axis=1)
+    bottom = rng.choice(denominator, size=(draws, batch)).mean(axis=1)
+    low, high = np.quantile(top / bottom, quantiles)
+    return float(low), float(high)
+
+
+# The concurrent engine lives in its own module; it is part of this chapter's interface.
+from .speculative_engine import (Decider, GenerationResult, acceptance_trace, control_prompt,  # noqa: E402,F401
+                                 generate, goodness_of_fit)

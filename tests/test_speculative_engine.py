@@ -1,8 +1,5 @@
 """The concurrent engine and the tiny language models, against independent truths: the target's own greedy
 decode, exact enumerated laws, Monte Carlo frequencies, the latency model's replay, and causality."""
-import random
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -25,18 +22,6 @@ def models():
     return tl.Scorer(target, "target"), tl.Scorer(drafter, "drafter")
 
 
-class Jittered:
-    """A scorer that sleeps a random 0-2 ms after each pass, so threads finish in varying orders."""
-
-    def __init__(self, scorer, seed):
-        self.scorer, self.vocab, self.random = scorer, scorer.vocab, random.Random(seed)
-
-    def __call__(self, tokens):
-        logits = self.scorer(tokens)
-        time.sleep(self.random.uniform(0, 0.002))
-        return logits
-
-
 def test_greedy_si_and_dsi_reproduce_the_targets_own_greedy_decode(models):
     target, drafter = models
     for k, prompt in enumerate([[1], [2, 5], [0, 0, 7], [3, 1, 4, 1]]):
@@ -48,14 +33,14 @@ def test_greedy_si_and_dsi_reproduce_the_targets_own_greedy_decode(models):
         for algorithm in ("si", "dsi"):
             for lookahead in (1, 3):
                 for sp_degree in (1, 2, 4):
-                    out = sp.generate(algorithm, Jittered(target, k), Jittered(drafter, k + 1), prompt, 12,
+                    out = sp.generate(algorithm, sp.Jittered(target, seed=k), sp.Jittered(drafter, seed=k + 1), prompt, 12,
                                       lookahead=lookahead, sp_degree=sp_degree)
                     assert out.tokens == reference, (algorithm, lookahead, sp_degree)
 
 
 def test_sampled_dsi_output_does_not_depend_on_thread_timing(models):
     target, drafter = models
-    outputs = {tuple(sp.generate("dsi", Jittered(target, k), drafter, [1, 2], 10, lookahead=2, sp_degree=p,
+    outputs = {tuple(sp.generate("dsi", sp.Jittered(target, seed=k), drafter, [1, 2], 10, lookahead=2, sp_degree=p,
                                  temperature=1.0, seed=11).tokens) for k, p in [(0, 1), (1, 3), (2, 2)]}
     assert len(outputs) == 1
 

@@ -40,3 +40,25 @@ def figure(ncols: int = 1, nrows: int = 1, width: float | None = None, height: f
     use_book_style()
     size = (width or 3.4 * ncols + 0.6, height or 3.0 * nrows + 0.4)
     return plt.subplots(nrows, ncols, figsize=size)
+
+
+def gantt(ax, intervals, title: str = "", lanes: list[str] | None = None) -> None:
+    """Draw ``intervals`` (objects with ``lane``, ``start``, ``end``, ``kind``) as a Gantt chart: one row
+    per lane, drafts, verifications and plain decoding in the book's colours, preempted work hatched."""
+    from matplotlib.patches import Patch
+
+    colours = {"draft": PALETTE[2], "verify": PALETTE[0], "decode": PALETTE[4], "preempted": "white"}
+    lanes = lanes or sorted({bar.lane for bar in intervals}, key=lambda lane: (lane != "drafter", lane))
+    for row, lane in enumerate(lanes):
+        for bar in (b for b in intervals if b.lane == lane):
+            ax.barh(row, bar.end - bar.start, left=bar.start, height=0.7, color=colours[bar.kind],
+                    edgecolor=PALETTE[0] if bar.kind == "preempted" else "white",
+                    hatch="///" if bar.kind == "preempted" else None, linewidth=0.6)
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    kinds = sorted({bar.kind for bar in intervals})
+    ax.legend(handles=[Patch(facecolor=colours[k], edgecolor=PALETTE[0] if k == "preempted" else "white",
+                             hatch="///" if k == "preempted" else None, label=k) for k in kinds],
+              loc="upper right", bbox_to_anchor=(1.0, 1.0), fontsize=7, ncols=len(kinds), framealpha=0.9,
+              frameon=True)

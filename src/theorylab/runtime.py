@@ -134,6 +134,27 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_minutes=120,
         full_note="4x longer runs, 3 seeds, a 5x5 (batch, rate) grid per weight decay under both protocols",
     ),
+    "speculative-inference": ChapterSpec(
+        name="speculative-inference",
+        title="Distributed speculative inference, proved and measured",
+        notebook="chapters/speculative-inference.ipynb",
+        params={
+            "heatmap_step": Param(float, 0.05, 0.01, "grid step of the (c, a) heatmaps", minimum=0.001),
+            "mc_runs": Param(int, 4000, 100_000, "Monte-Carlo runs held against the exact expectation", minimum=100),
+            "paths": Param(int, 10_000, 1_000_000, "sampled paths of the pathwise check of Theorem 1", minimum=100),
+            "emulation_runs": Param(int, 300, 3000, "runs per configuration of the Table 1 emulation", minimum=30),
+            "prompts": Param(int, 8, 50, "prompts of the greedy losslessness check", minimum=1),
+            "sampling_draws": Param(int, 10_000, 100_000, "generations of the sampling test", minimum=1000),
+            "target_ms": Param(float, 40.0, 40.0, "padded target latency t of the wall-clock runs, in ms",
+                               minimum=1.0),
+            "train_steps": Param(int, 300, 3000, "training steps of the target model", minimum=10),
+            "model_width": Param(int, 32, 128, "width of the target transformer", choices=(16, 32, 64, 128, 256)),
+        },
+        ci_seconds=60,
+        full_minutes=30,
+        full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
+                  "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device)",
+    ),
 }
 
 

@@ -564,5 +564,5 @@ def ratio_of_means_band(numerator: np.ndarray, denominator: np.ndarray, batch: i
 
 
 # The concurrent engine lives in its own module; it is part of this chapter's interface.
-from .speculative_engine import (Decider, GenerationResult, acceptance_trace, control_prompt,  # noqa: E402,F401
-                                 generate, goodness_of_fit)
+from .speculative_engine import (Decider, GenerationResult, Jittered, acceptance_trace,  # noqa: E402,F401
+                                 control_prompt, generate, goodness_of_fit)

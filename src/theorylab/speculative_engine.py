@@ -20,6 +20,7 @@ on a machine whose cores cannot run ``sp_degree`` real passes in parallel; sleep
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -335,6 +336,20 @@ def acceptance_trace(drafter: Scorer, prompt: Sequence[int], output: Sequence[in
             context.append(guess)
             lengths[p] += 1
     return lengths
+
+
+class Jittered:
+    """A scorer that sleeps a random ``0..max_seconds`` after each pass (seeded), so that threads finish in
+    varying orders: losslessness must not depend on timing."""
+
+    def __init__(self, scorer: Scorer, max_seconds: float = 0.002, seed: int = 0):
+        self.scorer, self.max_seconds, self.random = scorer, max_seconds, random.Random(seed)
+        self.vocab = getattr(scorer, "vocab", None)
+
+    def __call__(self, tokens: Sequence[int]) -> np.ndarray:
+        logits = self.scorer(tokens)
+        time.sleep(self.random.uniform(0, self.max_seconds))
+        return logits
 
 
 def goodness_of_fit(counts: np.ndarray, law: np.ndarray, min_expected: float = 5.0) -> float:

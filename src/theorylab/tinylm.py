@@ -49,6 +49,8 @@ class TinyTransformer(nn.Module):
 
     def __init__(self, vocab: int, width: int = 48, layers: int = 2, heads: int = 4, max_len: int = 96):
         super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be a multiple of heads {heads}")
         self.vocab, self.max_len = vocab, max_len
         self.embed = nn.Embedding(vocab, width)
         self.position = nn.Embedding(max_len, width)
@@ -60,8 +62,8 @@ class TinyTransformer(nn.Module):
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence of {length} tokens exceeds the model's max_len {self.max_len}")
-        mask = nn.Transformer.generate_square_subsequent_mask(length)
-        hidden = self.embed(tokens) + self.position(torch.arange(length))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        hidden = self.embed(tokens) + self.position(torch.arange(length, device=tokens.device))
         return self.head(self.blocks(hidden, mask=mask, is_causal=True))
 
 
@@ -118,7 +120,8 @@ class Scorer:
     def __call__(self, tokens: Sequence[int]) -> np.ndarray:
         if len(tokens) == 0:
             raise ValueError(f"{self.name}: cannot score an empty sequence")
-        return self.model(torch.as_tensor([list(tokens)], dtype=torch.long))[0].double().numpy()
+        device = next(self.model.parameters()).device
+        return self.model(torch.as_tensor([list(tokens)], dtype=torch.long, device=device))[0].double().cpu().numpy()
 
 
 class Memoized:

@@ -86,10 +86,6 @@ class Setting:
                    nonsi_thread=bool(nonsi_thread))
 
 
-def _setting(kwargs: dict[str, Any]) -> Setting:
-    return Setting.make(**kwargs)
-
-
 # ----------------------------------------------------------------------------------------------
 # One step of each algorithm
 
@@ -340,8 +336,8 @@ def timeline(algorithm: str, run_lengths: Iterable[int], *, target_latency: floa
             submitted = min(j * s.L, remaining - 1) * s.d
             if clock + submitted > end - 1e-12:
                 break
-            start = clock + float(dsi_epoch_duration(np.array([min(j * s.L, remaining - 1)]), np.array([remaining]),
-                                                     Setting(s.t, s.d, s.a, s.L, s.P))[0]) - s.t
+            # the epoch that ends right after task j has j's start plus t as its duration
+            start = clock + float(dsi_epoch_duration(np.array([min(j * s.L, remaining - 1)]), np.array([remaining]), s)[0]) - s.t
             if start >= end - 1e-12:
                 continue
             server = j % s.P if s.P is not None else j

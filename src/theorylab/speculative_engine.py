@@ -122,8 +122,10 @@ class _Padded:
         logits = self.scorer(tokens)
         left = self.delay - (time.perf_counter() - start)
         interrupted = False
-        if left > 0:
-            interrupted = cancel.wait(left) if cancel is not None else bool(time.sleep(left))
+        if left > 0 and cancel is None:
+            time.sleep(left)
+        elif left > 0:
+            interrupted = cancel.wait(left)  # set when the task's epoch goes stale: preemption
         end = time.perf_counter()
         self.intervals.append(Interval(lane or self.lane, start - self.origin, end - self.origin,
                                        "preempted" if interrupted else kind))

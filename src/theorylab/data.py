@@ -1,6 +1,8 @@
 """Data the chapters use: generated in code or shipped inside an installed package, never downloaded."""
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +64,161 @@ def class_images(n_classes: int = 10, n_train: int = 5000, n_test: int = 1000, s
         return torch.as_tensor(x[:, None].astype(np.float32)), torch.as_tensor(labels.astype(np.int64))
 
     return Split(*sample(n_train), *sample(n_test))
+
+
+class Grammar:
+    r"""A probabilistic grammar with number agreement and relative clauses (chapter
+    ``decision-tree-language-models``), unambiguous, so sentence probabilities are exact:
+
+    * :math:`S\to NP_\nu\,VP_\nu\ \text{"."}`, :math:`\nu` uniform over singular/plural;
+    * :math:`NP_\nu\to Det_\nu\,[Adj]\,N_\nu\,[RC]`, the adjective with probability ``p_adjective`` and the
+      relative clause (outside relative clauses only) with probability ``p_clause``;
+    * :math:`RC\to\textit{that}\ NP_{\nu'}\,Vt_{\nu'}`, :math:`\nu'` uniform;
+    * :math:`VP_\nu\to Vi_\nu` (probability 1/2) or :math:`Vt_\nu\,NP_{\nu''}`, :math:`\nu''` uniform;
+
+    every word uniform within its class (33 word types).
+    """
+
+    DETERMINERS = {"sg": ("the", "a"), "pl": ("the", "some")}
+    NOUNS = {"sg": ("dog", "cat", "bird", "fox", "girl", "boy"), "pl": ("dogs", "cats", "birds", "foxes", "girls", "boys")}
+    TRANSITIVE = {"sg": ("chases", "sees", "likes"), "pl": ("chase", "see", "like")}
+    INTRANSITIVE = {"sg": ("sleeps", "runs", "sings"), "pl": ("sleep", "run", "sing")}
+    ADJECTIVES = ("big", "small", "red", "old")
+    STOP = "."
+
+    def __init__(self, p_adjective: float = 0.3, p_clause: float = 0.3):
+        if not (0 <= p_adjective <= 1 and 0 <= p_clause <= 1):
+            raise ValueError(f"probabilities must lie in [0, 1], got {p_adjective}, {p_clause}")
+        self.p_adjective, self.p_clause = p_adjective, p_clause
+        words = ["the", "a", "some", *self.ADJECTIVES, "that", self.STOP]
+        for table in (self.NOUNS, self.TRANSITIVE, self.INTRANSITIVE):
+            words += list(table["sg"]) + list(table["pl"])
+        self.vocabulary = tuple(dict.fromkeys(words))
+        self.index = {word: k for k, word in enumerate(self.vocabulary)}
+
+    # sampling -----------------------------------------------------------------------------------
+    def _noun_phrase(self, rng, number, clause_allowed):
+        words = [self.DETERMINERS[number][rng.integers(2)]]
+        if rng.random() < self.p_adjective:
+            words.append(self.ADJECTIVES[rng.integers(4)])
+        words.append(self.NOUNS[number][rng.integers(6)])
+        if clause_allowed and rng.random() < self.p_clause:
+            inner = ("sg", "pl")[rng.integers(2)]
+            words += ["that", *self._noun_phrase(rng, inner, False), self.TRANSITIVE[inner][rng.integers(3)]]
+        return words
+
+    def sample(self, n_sentences: int, seed: int = 0) -> list[list[str]]:
+        """``n_sentences`` sentences, each ending with the stop token."""
+        rng = np.random.default_rng(seed)
+        sentences = []
+        for _ in range(n_sentences):
+            number = ("sg", "pl")[rng.integers(2)]
+            words = self._noun_phrase(rng, number, True)
+            if rng.random() < 0.5:
+                words.append(self.INTRANSITIVE[number][rng.integers(3)])
+            else:
+                words.append(self.TRANSITIVE[number][rng.integers(3)])
+                words += self._noun_phrase(rng, ("sg", "pl")[rng.integers(2)], True)
+            sentences.append(words + [self.STOP])
+        return sentences
+
+    # exact probability by a recursive-descent parse -------------------------------------------------
+    def _parse_noun_phrase(self, words, at, clause_allowed):
+        """(log-probability, next index, number) of the NP starting at ``at``, or None."""
+        if at >= len(words):
+            return None
+        log_p, determiner = 0.0, words[at]
+        at += 1
+        if at < len(words) and words[at] in self.ADJECTIVES:
+            log_p += math.log(self.p_adjective / 4)
+            at += 1
+        else:
+            log_p += math.log(1 - self.p_adjective) if self.p_adjective < 1 else -math.inf
+        if at >= len(words):
+            return None
+        number = next((nu for nu in ("sg", "pl") if words[at] in self.NOUNS[nu]), None)
+        if number is None or determiner not in self.DETERMINERS[number]:
+            return None
+        log_p += math.log(1 / 2) + math.log(1 / 6)
+        at += 1
+        if clause_allowed:
+            if at < len(words) and words[at] == "that":
+                inner = self._parse_noun_phrase(words, at + 1, False)
+                if inner is None or inner[1] >= len(words) or words[inner[1]] not in self.TRANSITIVE[inner[2]]:
+                    return None
+                log_p += math.log(self.p_clause) + math.log(1 / 2) + inner[0] + math.log(1 / 3)
+                at = inner[1] + 1
+            else:
+                log_p += math.log(1 - self.p_clause) if self.p_clause < 1 else -math.inf
+        return log_p, at, number
+
+    def log_prob(self, sentence: Sequence[str]) -> float:
+        """:math:`\\log P(\\text{sentence})` under the grammar; ``-inf`` if it is not grammatical."""
+        words = list(sentence)
+        subject = self._parse_noun_phrase(words, 0, True)
+        if subject is None:
+            return -math.inf
+        log_p, at, number = subject
+        log_p += math.log(1 / 2)
+        if at < len(words) and words[at] in self.INTRANSITIVE[number]:
+            log_p += math.log(1 / 2 / 3)
+            at += 1
+        elif at < len(words) and words[at] in self.TRANSITIVE[number]:
+            obj = self._parse_noun_phrase(words, at + 1, True)
+            if obj is None:
+                return -math.inf
+            log_p += math.log(1 / 2 / 3) + math.log(1 / 2) + obj[0]
+            at = obj[1]
+        else:
+            return -math.inf
+        return log_p if words[at:] == [self.STOP] else -math.inf
+
+    def is_grammatical(self, sentence: Sequence[str]) -> bool:
+        return self.log_prob(sentence) > -math.inf
+
+    def entropy_rate(self, n_sentences: int = 200_000, seed: int = 0) -> float:
+        r"""Monte-Carlo per-token entropy (nats) of a stream of independent sentences,
+        :math:`\mathbb E[-\log P(S)]/\mathbb E|S|`: the log-loss floor of any next-token model."""
+        sentences = self.sample(n_sentences, seed)
+        return -sum(self.log_prob(s) for s in sentences) / sum(len(s) for s in sentences)
+
+    def encode(self, sentences: Iterable[Sequence[str]]) -> list[list[int]]:
+        return [[self.index[w] for w in s] for s in sentences]
+
+    def agreement_items(self, n_items: int, seed: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+        """Prefixes that end just before the main verb, whose subject carries a relative clause with a noun of
+        the other number (an *attractor*), with the verb ids that agree with the head and those that do not."""
+        rng = np.random.default_rng(seed)
+        items = []
+        for _ in range(n_items):
+            number, other = ("sg", "pl") if rng.integers(2) == 0 else ("pl", "sg")
+            words = self._noun_phrase(rng, number, False)
+            words += ["that", *self._noun_phrase(rng, other, False), self.TRANSITIVE[other][rng.integers(3)]]
+            verbs = {nu: [self.index[v] for v in self.INTRANSITIVE[nu] + self.TRANSITIVE[nu]] for nu in ("sg", "pl")}
+            items.append((self.encode([words])[0], verbs[number], verbs[other]))
+        return items
+
+
+BOOLEAN_TOKENS = ("T", "F", "!", "&", "|", "(", ")", "=", "<pad>")
+"""The tokens of :func:`boolean_expressions` plus the query ``=`` and a padding token."""
+
+
+def boolean_expressions(n_expressions: int, max_depth: int = 3, seed: int = 0) -> tuple[list[list[str]], list[bool]]:
+    """Random Boolean expressions over ``T``/``F`` with ``!``, ``&``, ``|`` and parentheses, nested at most
+    ``max_depth`` deep (a stand-in for BIG-Bench-Hard's boolean expressions), and their values."""
+    rng = np.random.default_rng(seed)
+
+    def expression(depth):
+        if depth == 0 or rng.random() < 0.25:
+            value = bool(rng.integers(2))
+            return ["T" if value else "F"], value
+        kind = rng.integers(3)
+        if kind == 0:
+            tokens, value = expression(depth - 1)
+            return ["!", *tokens], not value
+        (left, a), (right, b) = expression(depth - 1), expression(depth - 1)
+        operator = "&" if kind == 1 else "|"
+        return ["(", *left, operator, *right, ")"], (a and b) if kind == 1 else (a or b)
+
+    pairs = [expression(max_depth) for _ in range(n_expressions)]
+    return [tokens for tokens, _ in pairs], [value for _, value in pairs]

@@ -8,7 +8,9 @@ so it is smaller, faster, and agrees with the target on the likeliest continuati
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,13 +60,17 @@ class TinyTransformer(nn.Module):
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.head = nn.Linear(width, vocab)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last block's output at every position, before the head: the features trees can read."""
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence of {length} tokens exceeds the model's max_len {self.max_len}")
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         hidden = self.embed(tokens) + self.position(torch.arange(length, device=tokens.device))
-        return self.head(self.blocks(hidden, mask=mask, is_causal=True))
+        return self.blocks(hidden, mask=mask, is_causal=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(tokens))
 
 
 class BigramLM(nn.Module):
@@ -80,10 +86,10 @@ class BigramLM(nn.Module):
 
 
 def train_lm(model: nn.Module, text: torch.Tensor, *, steps: int, batch: int = 32, lr: float = 3e-3,
-             seed: int = 0, teacher: nn.Module | None = None) -> list[float]:
-    r"""Adam on next-token cross-entropy over random rows of ``text``, or, with a ``teacher``, on the
-    distillation loss :math:`\mathrm{KL}(p_{\text{teacher}}\,\|\,p_{\text{model}})` at every position.
-    Returns the loss of each step."""
+             seed: int = 0, teacher: nn.Module | None = None, ignore_index: int = -100) -> list[float]:
+    r"""Adam on next-token cross-entropy over random rows of ``text`` (targets equal to ``ignore_index``,
+    such as padding, are skipped), or, with a ``teacher``, on the distillation loss
+    :math:`\mathrm{KL}(p_{\text{teacher}}\,\|\,p_{\text{model}})` at every position. Returns the loss of each step."""
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be positive, got {steps}, {batch}")
     generator = torch.Generator().manual_seed(seed)
@@ -94,7 +100,8 @@ def train_lm(model: nn.Module, text: torch.Tensor, *, steps: int, batch: int = 3
         rows = text[torch.randint(0, text.shape[0], (batch,), generator=generator)]
         logits = model(rows[:, :-1])
         if teacher is None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1),
+                                               ignore_index=ignore_index)
         else:
             with torch.no_grad():
                 target = torch.log_softmax(teacher(rows[:, :-1]), dim=-1)
@@ -158,3 +165,97 @@ def continuation_distribution(scorer: Scorer, prompt: Sequence[int], length: int
         prefix = np.prod([probabilities[i, x] for i, x in enumerate(continuation)])
         law[continuation] = prefix * probabilities[length - 1]
     return law
+
+
+# ----------------------------------------------------------------------------------------------
+# Language models over sentences: one interface for transformers and trees
+
+
+class TransformerLM:
+    """A :class:`TinyTransformer` as a sentence model: ``next_token_probabilities(prefixes)`` gives, for each
+    prefix (token ids, starting with the beginning-of-sentence token), the softmax of the last position's
+    logits. Prefixes are right-padded into one batch (causal attention makes the padding invisible)."""
+
+    def __init__(self, model: TinyTransformer, vocabulary_size: int | None = None):
+        self.model = model.eval()
+        self.vocab = vocabulary_size or model.vocab  # tokens beyond it (padding) are dropped and the rest renormalised
+
+    @torch.no_grad()
+    def next_token_probabilities(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        lengths = np.array([len(p) for p in prefixes])
+        batch = torch.zeros((len(prefixes), int(lengths.max())), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            batch[row, :len(prefix)] = torch.as_tensor(list(prefix))
+        logits = self.model(batch)[torch.arange(len(prefixes)), torch.as_tensor(lengths - 1)]
+        return torch.softmax(logits.double()[:, :self.vocab], dim=-1).numpy()
+
+
+def sentence_rows(sentences: Sequence[Sequence[int]], bos: int, pad: int) -> torch.Tensor:
+    """One row per sentence, ``[bos, *sentence]`` right-padded with ``pad`` (to train with ``ignore_index=pad``)."""
+    width = 1 + max(len(s) for s in sentences)
+    rows = np.full((len(sentences), width), pad, dtype=np.int64)
+    for row, sentence in enumerate(sentences):
+        rows[row, :1 + len(sentence)] = [bos, *sentence]
+    return torch.from_numpy(rows)
+
+
+def _prefixes(sentences: Sequence[Sequence[int]], bos: int) -> tuple[list[list[int]], np.ndarray]:
+    prefixes, targets = [], []
+    for sentence in sentences:
+        for k, token in enumerate(sentence):
+            prefixes.append([bos, *sentence[:k]])
+            targets.append(token)
+    return prefixes, np.asarray(targets)
+
+
+def evaluate_lm(lm: Any, sentences: Sequence[Sequence[int]], bos: int, batch: int = 4096) -> dict[str, float]:
+    r"""Next-token accuracy (argmax) and perplexity :math:`\exp(-\frac1n\sum\log p(x_i\mid x_{<i}))` over every
+    token of ``sentences``, each read from ``bos`` (the same tokens and contexts for every model)."""
+    prefixes, targets = _prefixes(sentences, bos)
+    correct, log_loss = 0, 0.0
+    for start in range(0, len(prefixes), batch):
+        probabilities = lm.next_token_probabilities(prefixes[start:start + batch])
+        chunk = targets[start:start + batch]
+        correct += int((probabilities.argmax(axis=1) == chunk).sum())
+        log_loss -= float(np.log(probabilities[np.arange(chunk.size), chunk]).sum())
+    return {"accuracy": correct / len(targets), "perplexity": math.exp(log_loss / len(targets))}
+
+
+def sample_sentences(lm: Any, n_sentences: int, bos: int, stop: int, max_length: int = 30, seed: int = 0) -> list[list[int]]:
+    """``n_sentences`` samples, all prefixes advanced together, each ending at ``stop`` (or cut at ``max_length``)."""
+    rng = np.random.default_rng(seed)
+    prefixes = [[bos] for _ in range(n_sentences)]
+    open_rows = list(range(n_sentences))
+    for _ in range(max_length):
+        if not open_rows:
+            break
+        probabilities = lm.next_token_probabilities([prefixes[r] for r in open_rows])
+        cumulative = probabilities.cumsum(axis=1)
+        draws = (cumulative < rng.random((len(open_rows), 1)) * cumulative[:, -1:]).sum(axis=1)
+        for row, token in zip(open_rows, draws, strict=True):
+            prefixes[row].append(int(min(token, probabilities.shape[1] - 1)))
+        open_rows = [r for r in open_rows if prefixes[r][-1] != stop]
+    return [p[1:] for p in prefixes]
+
+
+def agreement_rate(lm: Any, items: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], bos: int) -> float:
+    """Fraction of ``(prefix, agreeing verbs, other verbs)`` items where the model puts more probability on
+    the verbs that agree with the head noun than on the others (the attractor's number)."""
+    probabilities = lm.next_token_probabilities([[bos, *prefix] for prefix, _, _ in items])
+    right = np.array([probabilities[k, list(good)].sum() for k, (_, good, _) in enumerate(items)])
+    wrong = np.array([probabilities[k, list(bad)].sum() for k, (_, _, bad) in enumerate(items)])
+    return float(np.mean(right > wrong))
+
+
+@torch.no_grad()
+def final_states(model: TinyTransformer, sequences: Sequence[Sequence[int]], batch: int = 512) -> np.ndarray:
+    """``model.hidden`` at the last token of each sequence (right-padded batches; causal, so padding is unseen)."""
+    states = []
+    for start in range(0, len(sequences), batch):
+        chunk = sequences[start:start + batch]
+        lengths = torch.as_tensor([len(s) for s in chunk])
+        rows = torch.zeros((len(chunk), int(lengths.max())), dtype=torch.long)
+        for row, sequence in enumerate(chunk):
+            rows[row, :len(sequence)] = torch.as_tensor(list(sequence))
+        states.append(model.hidden(rows)[torch.arange(len(chunk)), lengths - 1].numpy())
+    return np.concatenate(states)

@@ -1,0 +1,658 @@
+r"""Auto-regressive decision trees (chapter ``decision-tree-language-models``, after Gan, Galanti, Poggio
+and Malach, *On the Power of Decision Trees in Auto-Regressive Language Modeling*, NeurIPS 2024).
+
+A :class:`WindowTree` reads the window :math:`w_L(s)`, the last :math:`L` tokens of a sequence left-padded
+with :data:`PAD`; each internal node queries one window position (counted from the window's start or end)
+and branches on the token there, with a default branch; each leaf emits a token. Generation appends
+:math:`T(w_L(s))` and repeats (a chain of thought). The compilers below build such trees from a DFA
+(token depth 2), a one-tape Turing machine on a bounded tape (depth 3, tableau construction) and a
+bounded fan-in circuit (depth :math:`\lceil\log_2N\rceil+k`); each comes with a direct simulator, and
+:func:`fit_ardt` learns a tree from windows of machine traces with scikit-learn's CART.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PAD = ("pad",)
+"""The padding token: never a symbol, state or head token."""
+ERROR = ("error",)
+"""What an error leaf emits: a window no valid run produces."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Window trees
+
+
+@dataclass(frozen=True)
+class Leaf:
+    token: Hashable
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """Query window position ``position`` (1-based, from the end when ``from_end``) and branch on its token."""
+
+    position: int
+    from_end: bool
+    children: Mapping[Hashable, Any]
+    default: Any
+
+
+@dataclass
+class WindowTree:
+    """A decision tree over windows of the last ``context_length`` tokens (``None``: the prompt's length)."""
+
+    root: Any
+    context_length: int | None = None
+    _codes: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def depth(self) -> int:
+        """Token depth: the largest number of window queries on a root-to-leaf path."""
+        def depth(node):
+            if isinstance(node, Leaf):
+                return 0
+            return 1 + max([depth(child) for child in node.children.values()] + [depth(node.default)])
+        return depth(self.root)
+
+    def leaves(self) -> list[Leaf]:
+        found, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Leaf):
+                found.append(node)
+            else:
+                stack.extend(node.children.values())
+                stack.append(node.default)
+        return found
+
+    @property
+    def n_leaves(self) -> int:
+        return len(self.leaves())
+
+    def window(self, sequence: Sequence[Hashable], context_length: int) -> list[Hashable]:
+        """:math:`w_L(s)`: the last ``context_length`` tokens, left-padded with :data:`PAD`."""
+        tail = list(sequence[-context_length:]) if context_length else []
+        return [PAD] * (context_length - len(tail)) + tail
+
+    def next_token(self, window: Sequence[Hashable]) -> Hashable:
+        node = self.root
+        while isinstance(node, Node):
+            token = window[-node.position] if node.from_end else window[node.position - 1]
+            node = node.children.get(token, node.default)
+        return node.token
+
+    def generate(self, prompt: Sequence[Hashable], steps: int, context_length: int | None = None) -> list[Hashable]:
+        """:math:`T^{(k)}(x)` without the prompt: the ``steps`` tokens the tree appends, one at a time."""
+        length = context_length or self.context_length or len(prompt)
+        sequence = list(prompt)
+        for _ in range(steps):
+            sequence.append(self.next_token(self.window(sequence, length)))
+        return sequence[len(prompt):]
+
+    def generate_batch(self, prompts: np.ndarray, steps: int, vocabulary: Sequence[Hashable],
+                       context_length: int | None = None) -> np.ndarray:
+        """The same, vectorised over the rows of ``prompts`` (token codes: indices into ``vocabulary``;
+        :data:`PAD` and error tokens get negative codes): one vectorised tree walk per step."""
+        codes = {token: k for k, token in enumerate(vocabulary)}
+        codes[PAD], codes[ERROR] = -1, -2
+        length = context_length or self.context_length or prompts.shape[1]
+        sequence = np.asarray(prompts, dtype=np.int64)
+        out = np.empty((sequence.shape[0], steps), dtype=np.int64)
+        for step in range(steps):
+            window = sequence[:, -length:]
+            if window.shape[1] < length:
+                window = np.concatenate([np.full((window.shape[0], length - window.shape[1]), -1), window], axis=1)
+            out[:, step] = self.predict(window, codes)
+            sequence = np.concatenate([sequence, out[:, step:step + 1]], axis=1)
+        return out
+
+    def predict(self, windows: np.ndarray, codes: Mapping[Hashable, int]) -> np.ndarray:
+        """Leaf token codes for a batch of windows of token codes (rows), by masking subtree by subtree."""
+        result = np.full(windows.shape[0], -2, dtype=np.int64)
+
+        def walk(node, rows):
+            if rows.size == 0:
+                return
+            if isinstance(node, Leaf):
+                result[rows] = codes.get(node.token, -2)
+                return
+            column = windows[rows, -node.position] if node.from_end else windows[rows, node.position - 1]
+            taken = np.zeros(rows.size, dtype=bool)
+            for token, child in node.children.items():
+                if token in codes:
+                    match = column == codes[token]
+                    taken |= match
+                    walk(child, rows[match])
+            walk(node.default, rows[~taken])
+
+        walk(self.root, np.arange(windows.shape[0]))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Automata
+
+
+def _symbol(x):
+    return ("sym", x)
+
+
+def _state(q):
+    return ("state", q)
+
+
+@dataclass
+class CompiledDFA:
+    r"""S1: a DFA compiled to a window tree of token depth 2 with :math:`(|Q|+1)(|\Sigma|+1)` leaves."""
+
+    tree: WindowTree
+    transitions: dict
+    start: Hashable
+    alphabet: tuple
+    states: tuple
+
+    @property
+    def depth(self) -> int:
+        return self.tree.depth
+
+    @property
+    def n_leaves(self) -> int:
+        return self.tree.n_leaves
+
+    @property
+    def vocabulary(self) -> list:
+        return [_symbol(x) for x in self.alphabet] + [_state(q) for q in self.states]
+
+    def _check(self, symbols) -> list:
+        symbols = list(symbols)
+        foreign = sorted({repr(x) for x in symbols if x not in self.alphabet})
+        if foreign:
+            raise ValueError(f"symbols outside the alphabet {list(self.alphabet)}: {', '.join(foreign)}")
+        return symbols
+
+    def run(self, symbols: Iterable[Hashable]) -> list:
+        """The chain of thought :math:`q_1..q_n` the tree writes after the prompt :math:`x` (with :math:`L=n`)."""
+        symbols = self._check(symbols)
+        generated = self.tree.generate([_symbol(x) for x in symbols], len(symbols), context_length=len(symbols))
+        return [token[1] for token in generated]
+
+    def run_all(self, length: int) -> np.ndarray:
+        """Final states (as indices into ``states``) on every input of ``length``, vectorised."""
+        codes = np.array(list(itertools.product(range(len(self.alphabet)), repeat=length)), dtype=np.int64)
+        out = self.tree.generate_batch(codes.reshape(-1, length), length, self.vocabulary, context_length=length)
+        return out[:, -1] - len(self.alphabet)
+
+
+def _check_dfa(transitions: Mapping, start: Hashable) -> tuple[tuple, tuple]:
+    states = tuple(dict.fromkeys([q for q, _ in transitions] + list(transitions.values())))
+    alphabet = tuple(dict.fromkeys(x for _, x in transitions))
+    if start not in states:
+        raise ValueError(f"unknown start state {start!r}; states: {list(states)}")
+    missing = [(q, x) for q in states for x in alphabet if (q, x) not in transitions]
+    if missing:
+        raise ValueError(f"transition table is not total: no transition for {missing[:10]}"
+                         + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    return states, alphabet
+
+
+def compile_dfa(transitions: Mapping[tuple[Hashable, Hashable], Hashable], start: Hashable) -> CompiledDFA:
+    r"""S1: the depth-2 window tree of a DFA. The root reads the **last** window position: a state
+    :math:`q` selects :math:`q`'s subtree, anything else (an input symbol, only at the first step) selects the
+    start state's. The second node reads the **first** position, :math:`x_t`, and the leaf emits
+    :math:`\delta(q,x_t)`; unexpected tokens fall into error leaves."""
+    states, alphabet = _check_dfa(transitions, start)
+
+    def subtree(q):
+        return Node(1, False, {_symbol(x): Leaf(_state(transitions[q, x])) for x in alphabet}, Leaf(ERROR, True))
+
+    root = Node(1, True, {_state(q): subtree(q) for q in states}, subtree(start))
+    return CompiledDFA(WindowTree(root, None), dict(transitions), start, alphabet, states)
+
+
+def simulate_dfa(transitions: Mapping, start: Hashable, symbols: Iterable[Hashable]) -> list:
+    """The direct simulation: :math:`q_t=\\delta(q_{t-1},x_t)`."""
+    states, state = [], start
+    for x in symbols:
+        state = transitions[state, x]
+        states.append(state)
+    return states
+
+
+def parity_dfa() -> tuple[dict, int]:
+    return {(q, x): q ^ x for q in (0, 1) for x in (0, 1)}, 0
+
+
+def mod_k_dfa(k: int) -> tuple[dict, int]:
+    """Counts ones modulo ``k``."""
+    return {(q, x): (q + x) % k for q in range(k) for x in (0, 1)}, 0
+
+
+def random_dfa(n_states: int, alphabet: Sequence[Hashable] = (0, 1), seed: int = 0) -> tuple[dict, int]:
+    rng = np.random.default_rng(seed)
+    return {(q, x): int(rng.integers(n_states)) for q in range(n_states) for x in alphabet}, 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Turing machines
+
+SEPARATOR = ("#",)
+
+
+def _cell(a):
+    return ("cell", a)
+
+
+def _head(q, a):
+    return ("head", q, a)
+
+
+@dataclass
+class CompiledTM:
+    r"""S3: a one-tape machine on :math:`M` cells compiled to a window tree of token depth 3 with
+    :math:`|\Gamma|(2|Q||\Gamma|+1)+|Q||\Gamma|+2` leaves, :math:`L=M+2`; configurations are blocks
+    :math:`\#\,c_1\cdots c_M` with one head token :math:`(q,a)`, and one machine step is :math:`M+1` tokens."""
+
+    tree: WindowTree
+    tape_symbols: tuple
+    states: tuple
+    tape_length: int
+
+    @property
+    def depth(self) -> int:
+        return self.tree.depth
+
+    @property
+    def n_leaves(self) -> int:
+        return self.tree.n_leaves
+
+    def encode(self, tape: Sequence[Hashable], state: Hashable, head: int) -> list:
+        if len(tape) != self.tape_length:
+            raise ValueError(f"tape: got {len(tape)} cells, expected {self.tape_length}")
+        foreign = sorted({repr(a) for a in tape if a not in self.tape_symbols})
+        if foreign:
+            raise ValueError(f"tape symbols outside {list(self.tape_symbols)}: {', '.join(foreign)}")
+        if state not in self.states:
+            raise ValueError(f"unknown state {state!r}; states: {list(self.states)}")
+        if not 0 <= head < self.tape_length:
+            raise ValueError(f"head: got {head}, expected 0..{self.tape_length - 1}")
+        return [SEPARATOR] + [_head(state, a) if j == head else _cell(a) for j, a in enumerate(tape)]
+
+    @staticmethod
+    def decode(block: Sequence) -> tuple[Hashable, int, tuple]:
+        heads = [j for j, token in enumerate(block[1:]) if token[0] == "head"]
+        if block[0] != SEPARATOR or len(heads) != 1:
+            raise ValueError("not a configuration block: expected '#' then cells with exactly one head")
+        j = heads[0]
+        return block[1 + j][1], j, tuple(token[-1] for token in block[1:])
+
+    def run(self, tape: Sequence[Hashable], state: Hashable, head: int, steps: int) -> list[tuple]:
+        """Configurations ``(state, head, tape)`` at times 1..``steps`` read off the tree's chain of thought."""
+        block = self.encode(tape, state, head)
+        generated = self.tree.generate(block, steps * (self.tape_length + 1))
+        width = self.tape_length + 1
+        return [self.decode(generated[k * width:(k + 1) * width]) for k in range(steps)]
+
+
+def _check_tm(transitions: Mapping, blank: Hashable, halting: Iterable[Hashable]) -> tuple[tuple, tuple, set]:
+    halting = set(halting)
+    states = tuple(dict.fromkeys([q for q, _ in transitions] + [v[0] for v in transitions.values()] + sorted(halting, key=repr)))
+    symbols = tuple(dict.fromkeys([blank] + [a for _, a in transitions] + [v[1] for v in transitions.values()]))
+    for (q, a), value in transitions.items():
+        if len(value) != 3 or value[2] not in (-1, 0, 1):
+            raise ValueError(f"transition {(q, a)!r} -> {value!r}: expected (state, symbol, move in -1/0/+1)")
+    working = [q for q in states if q not in halting]
+    missing = [(q, a) for q in working for a in symbols if (q, a) not in transitions]
+    if missing:
+        raise ValueError(f"transition table is not total over the working states: no transition for {missing[:10]}")
+    extra = [key for key in transitions if key[0] in halting]
+    if extra:
+        raise ValueError(f"halting states must have no transitions (halting is absorbing): {extra}")
+    return states, symbols, halting
+
+
+def compile_turing_machine(transitions: Mapping[tuple[Hashable, Hashable], tuple[Hashable, Hashable, int]],
+                           blank: Hashable, halting: Iterable[Hashable], tape_length: int) -> CompiledTM:
+    r"""S3, the tableau construction. ``transitions`` maps ``(state, symbol)`` to ``(state, written, move)``,
+    move in :math:`\{-1,0,+1\}`, for every working state and tape symbol; ``halting`` states have none and
+    are absorbing. While cell :math:`j` of the next block is written, window positions 1-3 hold
+    :math:`c_{j-1},c_j,c_{j+1}` of the previous block (``#`` beyond its ends). The root reads position 2: ``#``
+    emits ``#``; a head token emits what the machine writes there (a head token if it does not move); a
+    plain cell reads position 1 (a head moving right enters), then position 3 (a head moving left enters),
+    and otherwise copies itself."""
+    states, symbols, halting = _check_tm(transitions, blank, halting)
+    if tape_length < 1:
+        raise ValueError(f"tape_length: got {tape_length}, expected a positive integer")
+    heads = [(q, a) for q in states for a in symbols]
+
+    def step(q, a):
+        return (q, a, 0) if q in halting else transitions[q, a]
+
+    def written(q, a):
+        q2, b, move = step(q, a)
+        return _head(q2, b) if move == 0 else _cell(b)
+
+    def plain(a):
+        from_left = {_head(q, c): Leaf(_head(step(q, c)[0], a)) if step(q, c)[2] == 1 else Leaf(_cell(a))
+                     for q, c in heads}
+        from_right = {_head(q, c): Leaf(_head(step(q, c)[0], a)) if step(q, c)[2] == -1 else Leaf(_cell(a))
+                      for q, c in heads}
+        return Node(1, False, from_left, Node(3, False, from_right, Leaf(_cell(a))))
+
+    children = {SEPARATOR: Leaf(SEPARATOR)}
+    children.update({_head(q, a): Leaf(written(q, a)) for q, a in heads})
+    children.update({_cell(a): plain(a) for a in symbols})
+    root = Node(2, False, children, Leaf(ERROR, True))
+    return CompiledTM(WindowTree(root, tape_length + 2), symbols, states, tape_length)
+
+
+def tm_leaf_count(n_states: int, n_symbols: int) -> int:
+    r"""S3's exact leaf count :math:`|\Gamma|(2|Q||\Gamma|+1)+|Q||\Gamma|+2`."""
+    return n_symbols * (2 * n_states * n_symbols + 1) + n_states * n_symbols + 2
+
+
+def simulate_tm(transitions: Mapping, halting: Iterable[Hashable], tape: Sequence[Hashable], state: Hashable,
+                head: int, steps: int) -> list[tuple]:
+    """Direct simulation; halting is absorbing; leaving the tape is an error (reserve blank cells)."""
+    halting, tape, configurations = set(halting), list(tape), []
+    for _ in range(steps):
+        if state not in halting:
+            state, tape[head], move = transitions[state, tape[head]]
+            head += move
+            if not 0 <= head < len(tape):
+                raise ValueError("the machine left its tape: reserve more blank cells")
+        configurations.append((state, head, tuple(tape)))
+    return configurations
+
+
+def increment_tm() -> dict:
+    """Binary increment: the head starts on the last digit; carry leftwards; '_' is blank."""
+    return {"transitions": {("carry", 1): ("carry", 0, -1), ("carry", 0): ("done", 1, 0),
+                            ("carry", "_"): ("done", 1, 0)}, "blank": "_", "halting": {"done"}}
+
+
+def unary_adder_tm() -> dict:
+    """``1^a 0 1^b`` to ``1^(a+b)``: turn the 0 into 1, run to the end, erase the last 1."""
+    return {"transitions": {("scan", 1): ("scan", 1, 1), ("scan", 0): ("tail", 1, 1), ("scan", "_"): ("halt", "_", 0),
+                            ("tail", 1): ("tail", 1, 1), ("tail", 0): ("tail", 0, 1), ("tail", "_"): ("erase", "_", -1),
+                            ("erase", 1): ("halt", "_", 0), ("erase", 0): ("halt", 0, 0),
+                            ("erase", "_"): ("halt", "_", 0)},
+            "blank": "_", "halting": {"halt"}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Circuits
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A gate reading ``wires`` (indices into inputs then earlier gates) through a truth table indexed by
+    the bits read, first wire most significant."""
+
+    wires: tuple[int, ...]
+    table: tuple[int, ...]
+
+
+@dataclass
+class CompiledCircuit:
+    r"""S4: a circuit of :math:`N` gates of fan-in at most :math:`k` on :math:`n` inputs compiled to a window tree
+    with :math:`L=n+N`, token depth at most :math:`\lceil\log_2N\rceil+k` and at most :math:`N2^k` non-error
+    leaves; after :math:`N` steps the last token is :math:`g_N`."""
+
+    tree: WindowTree
+    n_inputs: int
+    gates: tuple[Gate, ...]
+
+    @property
+    def depth(self) -> int:
+        return self.tree.depth
+
+    @property
+    def n_leaves(self) -> int:
+        return self.tree.n_leaves
+
+    @property
+    def n_output_leaves(self) -> int:
+        return sum(not leaf.error for leaf in self.tree.leaves())
+
+    def run(self, inputs: Sequence[int]) -> list[int]:
+        """The gate values :math:`g_1..g_N` the tree writes after the inputs."""
+        inputs = list(inputs)
+        if len(inputs) != self.n_inputs or any(v not in (0, 1) for v in inputs):
+            raise ValueError(f"inputs: expected {self.n_inputs} bits, got {inputs!r}")
+        return self.tree.generate(inputs, len(self.gates))
+
+    def run_all(self) -> np.ndarray:
+        codes = np.array(list(itertools.product((0, 1), repeat=self.n_inputs)), dtype=np.int64)
+        return self.tree.generate_batch(codes, len(self.gates), [0, 1])
+
+
+def compile_circuit(n_inputs: int, gates: Sequence[Gate]) -> CompiledCircuit:
+    r"""S4: before step :math:`i` the window is :math:`(\bot^{N-i+1},x,g_1..g_{i-1})`; "is position :math:`p`
+    padding?" is monotone in :math:`p`, so a binary search of :math:`\lceil\log_2N\rceil` queries finds
+    :math:`i`, and the gate's wires, now at known positions, are read and looked up in its table."""
+    gates = tuple(gates)
+    N = len(gates)
+    if n_inputs < 1 or N < 1:
+        raise ValueError(f"need at least one input and one gate, got {n_inputs} and {N}")
+    for i, gate in enumerate(gates):
+        if any(not 0 <= w < n_inputs + i for w in gate.wires):
+            raise ValueError(f"gate {i + 1} reads wires {gate.wires}, expected indices below {n_inputs + i}")
+        if len(gate.table) != 2 ** len(gate.wires) or any(v not in (0, 1) for v in gate.table):
+            raise ValueError(f"gate {i + 1}: truth table of {len(gate.table)} bits for {len(gate.wires)} wires")
+
+    def gate_subtree(i, read=0, index=0):
+        gate = gates[i - 1]
+        if read == len(gate.wires):
+            return Leaf(gate.table[index])
+        position = N - i + 1 + gate.wires[read] + 1  # wire w sits after the N-i+1 pads
+        return Node(position, False, {bit: gate_subtree(i, read + 1, 2 * index + bit) for bit in (0, 1)},
+                    Leaf(ERROR, True))
+
+    def search(low, high):
+        if low == high:
+            return gate_subtree(low)
+        middle = (low + high) // 2
+        return Node(N - middle + 1, False, {PAD: search(low, middle)}, search(middle + 1, high))
+
+    return CompiledCircuit(WindowTree(search(1, N), n_inputs + N), n_inputs, gates)
+
+
+def evaluate_circuit(n_inputs: int, gates: Sequence[Gate], inputs: Sequence[int]) -> list[int]:
+    wires = list(inputs)
+    for gate in gates:
+        index = 0
+        for w in gate.wires:
+            index = 2 * index + wires[w]
+        wires.append(gate.table[index])
+    return wires[n_inputs:]
+
+
+def parity_circuit(n_inputs: int) -> list[Gate]:
+    """XOR chain: :math:`g_1=x_1\\oplus x_2`, :math:`g_i=g_{i-1}\\oplus x_{i+1}`."""
+    xor = (0, 1, 1, 0)
+    return [Gate((0, 1), xor)] + [Gate((n_inputs + i - 1, i + 1), xor) for i in range(1, n_inputs - 1)]
+
+
+def random_circuit(n_inputs: int, n_gates: int, fan_in: int = 2, seed: int = 0) -> list[Gate]:
+    rng = np.random.default_rng(seed)
+    gates = []
+    for i in range(n_gates):
+        k = int(rng.integers(1, fan_in + 1))
+        wires = tuple(int(w) for w in rng.choice(n_inputs + i, size=min(k, n_inputs + i), replace=False))
+        gates.append(Gate(wires, tuple(int(v) for v in rng.integers(0, 2, size=2 ** len(wires)))))
+    return gates
+
+
+def one_shot_parity_leaves(n: int) -> int:
+    """S2: a one-shot decision tree computing parity of n bits has exactly :math:`2^n` leaves (it needs them all)."""
+    return 2 ** n
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning ARDTs from traces
+
+
+def one_hot_windows(windows: np.ndarray, vocabulary_size: int) -> np.ndarray:
+    """Binary features: one block of ``vocabulary_size + 1`` indicators per window position (the last for PAD)."""
+    windows = np.where(windows < 0, vocabulary_size, windows)
+    rows, length = windows.shape
+    features = np.zeros((rows, length * (vocabulary_size + 1)), dtype=np.uint8)
+    features[np.arange(rows)[:, None], np.arange(length) * (vocabulary_size + 1) + windows] = 1
+    return features
+
+
+def dfa_trace_windows(dfa: CompiledDFA, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (window, next token) pair along the chain of thought of each input row (symbol indices),
+    with :math:`L=n`, as token codes of ``dfa.vocabulary``; the targets come from :func:`simulate_dfa`."""
+    inputs = np.asarray(inputs)
+    n = inputs.shape[1]
+    offset = len(dfa.alphabet)
+    state_index = {q: k for k, q in enumerate(dfa.states)}
+    sequences = np.empty((inputs.shape[0], 2 * n), dtype=np.int64)
+    sequences[:, :n] = inputs
+    for row, symbols in enumerate(inputs):
+        states = simulate_dfa(dfa.transitions, dfa.start, [dfa.alphabet[s] for s in symbols])
+        sequences[row, n:] = [offset + state_index[q] for q in states]
+    windows = np.concatenate([sequences[:, t:t + n] for t in range(n)])
+    targets = np.concatenate([sequences[:, n + t] for t in range(n)])
+    return windows, targets
+
+
+@dataclass
+class LearnedARDT:
+    """A scikit-learn CART fitted on one-hot windows, used as a window tree over token codes."""
+
+    model: Any
+    vocabulary_size: int
+    context_length: int
+
+    @property
+    def depth(self) -> int:
+        return int(self.model.get_depth())
+
+    @property
+    def n_leaves(self) -> int:
+        return int(self.model.get_n_leaves())
+
+    def generate_batch(self, prompts: np.ndarray, steps: int) -> np.ndarray:
+        sequence = np.asarray(prompts, dtype=np.int64)
+        for _ in range(steps):
+            window = sequence[:, -self.context_length:]
+            token = self.model.predict(one_hot_windows(window, self.vocabulary_size))
+            sequence = np.concatenate([sequence, token[:, None]], axis=1)
+        return sequence[:, prompts.shape[1]:]
+
+
+def fit_ardt(windows: np.ndarray, targets: np.ndarray, vocabulary_size: int, seed: int = 0, **tree_options) -> LearnedARDT:
+    """CART (scikit-learn's ``DecisionTreeClassifier``) on one-hot windows; depths count binary splits."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    model = DecisionTreeClassifier(random_state=seed, **tree_options)
+    model.fit(one_hot_windows(windows, vocabulary_size), targets)
+    return LearnedARDT(model, vocabulary_size, windows.shape[1])
+
+
+def all_inputs(length: int, alphabet_size: int = 2) -> np.ndarray:
+    """Every string of ``length`` symbols (as indices), one per row, in lexicographic order."""
+    return np.array(list(itertools.product(range(alphabet_size), repeat=length)), dtype=np.int64).reshape(-1, length)
+
+
+def leaf_bound_dfa(n_states: int, n_symbols: int) -> int:
+    r"""S1: :math:`(|Q|+1)(|\Sigma|+1)`."""
+    return (n_states + 1) * (n_symbols + 1)
+
+
+def circuit_depth_bound(n_gates: int, fan_in: int) -> int:
+    r"""S4: :math:`\lceil\log_2N\rceil+k`."""
+    return math.ceil(math.log2(n_gates)) + fan_in if n_gates > 1 else fan_in
+
+
+# ----------------------------------------------------------------------------------------------
+# Trees as language models
+
+
+def window_features(prefixes: Sequence[Sequence[int]], context_length: int, vocabulary_size: int,
+                    decay: float = 0.7) -> np.ndarray:
+    r"""Features of each prefix: its last ``context_length`` token ids (left-padded with the id
+    ``vocabulary_size``; categorical), then a bag of words :math:`\sum_{a\ge0}\text{decay}^a\,e_{x_{-1-a}}` over
+    the whole prefix (``decay = 0`` drops it)."""
+    rows = len(prefixes)
+    window = np.full((rows, context_length), vocabulary_size, dtype=np.float64)
+    bag = np.zeros((rows, vocabulary_size if decay > 0 else 0))
+    for row, prefix in enumerate(prefixes):
+        tail = list(prefix[-context_length:]) if context_length else []
+        if tail:
+            window[row, context_length - len(tail):] = tail
+        if decay > 0:
+            for age, token in enumerate(reversed(prefix)):
+                bag[row, token] += decay ** age
+    return np.concatenate([window, bag], axis=1)
+
+
+class TreeLM:
+    """An ARDT language model: gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``,
+    one tree per class per round, the window's token ids as categorical features) over
+    :func:`window_features`, with probabilities smoothed towards uniform by ``smoothing`` so that no
+    token has probability zero."""
+
+    def __init__(self, vocabulary_size: int, context_length: int = 8, decay: float = 0.7, rounds: int = 60,
+                 max_leaf_nodes: int = 31, learning_rate: float = 0.2, smoothing: float = 1e-4, seed: int = 0):
+        if context_length < 0 or rounds < 1 or not 0 <= decay < 1 or not 0 < smoothing < 1:
+            raise ValueError("context_length >= 0, rounds >= 1, decay in [0, 1) and smoothing in (0, 1) required")
+        self.vocab, self.context_length, self.decay, self.smoothing = vocabulary_size, context_length, decay, smoothing
+        self.options = dict(max_iter=rounds, max_leaf_nodes=max_leaf_nodes, learning_rate=learning_rate,
+                            random_state=seed, early_stopping=False)
+        self.model = None
+
+    def features(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        return window_features(prefixes, self.context_length, self.vocab, self.decay)
+
+    def fit(self, sentences: Sequence[Sequence[int]], bos: int) -> TreeLM:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        prefixes, targets = [], []
+        for sentence in sentences:
+            for k, token in enumerate(sentence):
+                prefixes.append([bos, *sentence[:k]])
+                targets.append(token)
+        categorical = [True] * self.context_length + [False] * (self.vocab if self.decay > 0 else 0)
+        self.model = HistGradientBoostingClassifier(categorical_features=categorical or None, **self.options)
+        self.model.fit(self.features(prefixes), np.asarray(targets))
+        return self
+
+    def next_token_probabilities(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        if self.model is None:
+            raise ValueError("TreeLM: call fit before asking for probabilities")
+        probabilities = np.zeros((len(prefixes), self.vocab))
+        probabilities[:, self.model.classes_] = self.model.predict_proba(self.features(prefixes))
+        return (1 - self.smoothing) * probabilities + self.smoothing / self.vocab
+
+
+def position_features(sequences: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    """Token id at each of the first ``width`` positions (``-1``+1 = 0 past the end; ids shifted by one),
+    the bag-of-tokens-with-positions baseline of the reasoning task (categorical features)."""
+    features = np.zeros((len(sequences), width))
+    for row, sequence in enumerate(sequences):
+        if len(sequence) > width:
+            raise ValueError(f"sequence of {len(sequence)} tokens exceeds width {width}")
+        features[row, :len(sequence)] = np.asarray(sequence) + 1
+    return features
+
+
+def boosted_trees(features: np.ndarray, labels: np.ndarray, *, categorical: bool = False, rounds: int = 100,
+                  seed: int = 0):
+    """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) fitted to ``labels``;
+    ``categorical`` treats every feature as a category (token ids)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(max_iter=rounds, random_state=seed, early_stopping=False,
+                                           categorical_features=[True] * features.shape[1] if categorical else None)
+    return model.fit(features, labels)

@@ -1,0 +1,205 @@
+"""theorylab.ardt, the grammar and the sentence-model helpers, against independent truths: direct
+simulation of each machine on every input up to a length, the proved depth and leaf counts, brute-force
+enumeration and Monte-Carlo frequencies of the grammar."""
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from theorylab import ardt, tinylm
+from theorylab.data import Grammar, boolean_expressions
+
+DFAS = {"parity": ardt.parity_dfa(), "mod 3": ardt.mod_k_dfa(3), "mod 5": ardt.mod_k_dfa(5),
+        "random 5": ardt.random_dfa(5, seed=1), "random 7 over 3 symbols": ardt.random_dfa(7, (0, 1, 2), seed=2)}
+
+
+@pytest.mark.parametrize("name", DFAS)
+def test_compiled_dfa_matches_direct_simulation_on_every_input(name):
+    transitions, start = DFAS[name]
+    dfa = ardt.compile_dfa(transitions, start)
+    n_states, n_symbols = len(dfa.states), len(dfa.alphabet)
+    assert dfa.depth == 2 and dfa.n_leaves == ardt.leaf_bound_dfa(n_states, n_symbols)
+    for n in range(1, 9 if n_symbols == 3 else 11):
+        inputs = ardt.all_inputs(n, n_symbols)
+        expected = [dfa.states.index(ardt.simulate_dfa(transitions, start, [dfa.alphabet[s] for s in row])[-1])
+                    for row in inputs]
+        assert np.array_equal(dfa.run_all(n), expected), n
+    word = [dfa.alphabet[k % n_symbols] for k in range(7)]
+    assert dfa.run(word) == ardt.simulate_dfa(transitions, start, word)  # the whole chain of thought
+
+
+def test_dfa_bad_input_names_the_problem():
+    transitions, _ = ardt.parity_dfa()
+    with pytest.raises(ValueError, match="not total.*\\(1, 1\\)"):
+        ardt.compile_dfa({k: v for k, v in transitions.items() if k != (1, 1)}, 0)
+    with pytest.raises(ValueError, match="unknown start state 'q9'"):
+        ardt.compile_dfa(transitions, "q9")
+    with pytest.raises(ValueError, match="outside the alphabet.*'a'"):
+        ardt.compile_dfa(transitions, 0).run([0, "a", 1])
+
+
+@pytest.mark.parametrize("machine,tapes", [
+    ("increment", [("_", *map(int, format(v, "010b"))) for v in range(2 ** 10 - 1)]),
+    ("adder", [tuple([1] * a + [0] + [1] * b + ["_"] * 3) for a in range(5) for b in range(5)]),
+])
+def test_compiled_turing_machine_matches_direct_simulation(machine, tapes):
+    spec = ardt.increment_tm() if machine == "increment" else ardt.unary_adder_tm()
+    for tape in tapes:
+        tm = ardt.compile_turing_machine(spec["transitions"], spec["blank"], spec["halting"], len(tape))
+        head, state = (len(tape) - 1, "carry") if machine == "increment" else (0, "scan")
+        steps = 2 * len(tape) + 2
+        assert tm.run(tape, state, head, steps) == ardt.simulate_tm(spec["transitions"], spec["halting"], tape, state,
+                                                                    head, steps)
+    n_states, n_symbols = len(tm.states), len(tm.tape_symbols)
+    assert tm.depth == 3 and tm.n_leaves == ardt.tm_leaf_count(n_states, n_symbols)
+
+
+def test_increment_tree_has_the_prototypes_47_leaves_and_adds_one():
+    spec = ardt.increment_tm()
+    tm = ardt.compile_turing_machine(spec["transitions"], spec["blank"], spec["halting"], 5)
+    assert tm.n_leaves == 47
+    state, _, tape = tm.run(["_", 1, 0, 1, 1], "carry", 4, 6)[-1]
+    assert state == "done" and tape == ("_", 1, 1, 0, 0)
+
+
+def test_turing_machine_bad_input():
+    spec = ardt.increment_tm()
+    with pytest.raises(ValueError, match="not total"):
+        ardt.compile_turing_machine({("carry", 1): ("carry", 0, -1)}, "_", {"done"}, 4)
+    with pytest.raises(ValueError, match="move"):
+        ardt.compile_turing_machine({**spec["transitions"], ("carry", 1): ("carry", 0, 2)}, "_", {"done"}, 4)
+    tm = ardt.compile_turing_machine(spec["transitions"], "_", {"done"}, 4)
+    with pytest.raises(ValueError, match="tape symbols outside"):
+        tm.run(["_", 1, 7, 1], "carry", 3, 2)
+    with pytest.raises(ValueError, match="left its tape"):
+        ardt.simulate_tm(spec["transitions"], {"done"}, [1, 1], "carry", 1, 3)
+
+
+@pytest.mark.parametrize("n_inputs,n_gates,seed", [(4, 1, 0), (5, 7, 1), (8, 20, 2), (10, 33, 3), (12, 60, 4)])
+def test_compiled_circuit_matches_evaluation_and_the_bounds(n_inputs, n_gates, seed):
+    gates = ardt.random_circuit(n_inputs, n_gates, fan_in=2, seed=seed)
+    circuit = ardt.compile_circuit(n_inputs, gates)
+    expected = np.array([ardt.evaluate_circuit(n_inputs, gates, x) for x in ardt.all_inputs(n_inputs)])
+    assert np.array_equal(circuit.run_all(), expected)
+    k = max(len(g.wires) for g in gates)
+    assert circuit.depth <= ardt.circuit_depth_bound(n_gates, k)
+    assert circuit.n_output_leaves <= n_gates * 2 ** k
+
+
+def test_parity_circuit_is_logarithmic_against_the_exponential_one_shot_tree():
+    for n in (4, 8, 16):
+        circuit = ardt.compile_circuit(n, ardt.parity_circuit(n))
+        assert circuit.run([1] * n)[-1] == n % 2
+        assert circuit.depth == math.ceil(math.log2(n - 1)) + 2 and circuit.n_output_leaves == 4 * (n - 1)
+        assert circuit.n_output_leaves < ardt.one_shot_parity_leaves(n) or n == 4
+
+
+def test_one_shot_cart_on_all_parity_strings_needs_every_leaf():
+    """S2's oracle: CART fitted to perfection on all 2^n parity strings has 2^n leaves."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    inputs = ardt.all_inputs(8)
+    tree = DecisionTreeClassifier(random_state=0).fit(inputs, inputs.sum(axis=1) % 2)
+    assert tree.get_n_leaves() == 2 ** 8
+
+
+def test_window_tree_vectorised_walk_agrees_with_the_plain_walk():
+    transitions, start = ardt.random_dfa(4, seed=5)
+    dfa = ardt.compile_dfa(transitions, start)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-1, len(dfa.vocabulary), size=(300, 6))
+    tokens = [[ardt.PAD if c < 0 else dfa.vocabulary[c] for c in row] for row in codes]
+    lookup = {token: k for k, token in enumerate(dfa.vocabulary)}
+    plain = [lookup.get(dfa.tree.next_token(row), -2) for row in tokens]
+    assert list(dfa.tree.predict(codes, lookup)) == plain
+
+
+def test_cart_learns_the_compact_parity_ardt_from_300_traces():
+    dfa = ardt.compile_dfa(*ardt.parity_dfa())
+    inputs = np.random.default_rng(0).integers(0, 2, size=(300, 10))
+    windows, targets = ardt.dfa_trace_windows(dfa, inputs)
+    learned = ardt.fit_ardt(windows, targets, len(dfa.vocabulary))
+    assert learned.depth == 2 and learned.n_leaves == 4
+    every = ardt.all_inputs(10)
+    assert np.array_equal(learned.generate_batch(every, 10)[:, -1] - 2, every.sum(axis=1) % 2)
+
+
+def test_grammar_probabilities_match_sample_frequencies_and_reject_disagreement():
+    grammar = Grammar()
+    sentences = grammar.sample(60_000, seed=3)
+    assert all(grammar.is_grammatical(s) for s in sentences[:3000])
+    counts = Counter(tuple(s) for s in sentences)
+    for sentence, count in counts.most_common(5):
+        p = math.exp(grammar.log_prob(sentence))
+        assert abs(count / len(sentences) - p) < 4 * math.sqrt(p / len(sentences))
+    assert not grammar.is_grammatical(["the", "dogs", "sleeps", "."])
+    assert not grammar.is_grammatical(["the", "dog", "that", "the", "cats", "chases", "sleeps", "."])
+    assert not grammar.is_grammatical(["the", "dog", "sleeps"])
+    assert len(grammar.vocabulary) == 33
+
+
+def test_grammar_probabilities_sum_to_one_without_clauses():
+    """Brute force: with no relative clauses the language is finite and small enough to enumerate."""
+    grammar = Grammar(p_clause=0.0)
+    det, adj = ("the", "a", "some"), grammar.ADJECTIVES
+    nouns = grammar.NOUNS["sg"] + grammar.NOUNS["pl"]
+    phrases = [[d, n] for d in det for n in nouns] + [[d, a, n] for d in det for a in adj for n in nouns]
+    verbs_i = grammar.INTRANSITIVE["sg"] + grammar.INTRANSITIVE["pl"]
+    verbs_t = grammar.TRANSITIVE["sg"] + grammar.TRANSITIVE["pl"]
+    total = sum(math.exp(grammar.log_prob([*s, v, "."])) for s in phrases for v in verbs_i)
+    total += sum(math.exp(grammar.log_prob([*s, v, *o, "."])) for s in phrases for v in verbs_t for o in phrases)
+    assert total == pytest.approx(1.0, rel=1e-12)
+
+
+def test_evaluate_lm_matches_a_hand_computed_bigram_score():
+    rng = np.random.default_rng(0)
+    table = rng.dirichlet(np.ones(5), size=5)
+
+    class Bigram:
+        def next_token_probabilities(self, prefixes):
+            return table[[p[-1] for p in prefixes]]
+
+    sentences = [list(rng.integers(0, 5, size=int(rng.integers(1, 9)))) for _ in range(200)]
+    pairs = [(prev, x) for s in sentences for prev, x in zip([4, *s[:-1]], s, strict=True)]
+    scores = tinylm.evaluate_lm(Bigram(), sentences, bos=4, batch=37)
+    assert scores["perplexity"] == pytest.approx(math.exp(-np.mean([math.log(table[a, b]) for a, b in pairs])))
+    assert scores["accuracy"] == pytest.approx(np.mean([table[a].argmax() == b for a, b in pairs]))
+
+
+def test_tree_lm_and_sampling_produce_grammatical_text():
+    grammar = Grammar()
+    stop, vocab = grammar.index["."], len(grammar.vocabulary)
+    lm = ardt.TreeLM(vocab, rounds=10, learning_rate=0.2, max_leaf_nodes=15).fit(grammar.encode(grammar.sample(800)), stop)
+    probabilities = lm.next_token_probabilities([[stop], [stop, grammar.index["the"]]])
+    assert np.allclose(probabilities.sum(axis=1), 1) and probabilities.min() > 0
+    samples = tinylm.sample_sentences(lm, 50, stop, stop, seed=1)
+    assert np.mean([grammar.is_grammatical([grammar.vocabulary[i] for i in s]) for s in samples]) > 0.5
+
+
+def test_transformer_lm_batches_prefixes_like_single_calls():
+    torch.manual_seed(0)
+    model = tinylm.TinyTransformer(10, width=16, layers=1, heads=2, max_len=16)
+    lm = tinylm.TransformerLM(model, 9)
+    prefixes = [[1, 2, 3], [4], [5, 6, 7, 8, 9 - 1]]
+    together = lm.next_token_probabilities(prefixes)
+    alone = np.concatenate([lm.next_token_probabilities([p]) for p in prefixes])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert together.shape == (3, 9)
+
+
+def test_agreement_items_end_before_the_main_verb():
+    grammar = Grammar()
+    for prefix, good, bad in grammar.agreement_items(20, seed=1):
+        words = [grammar.vocabulary[i] for i in prefix]
+        assert "that" in words and not set(good) & set(bad)
+        assert grammar.is_grammatical(words + [grammar.vocabulary[good[0]], "."])
+        assert not grammar.is_grammatical(words + [grammar.vocabulary[bad[0]], "."])
+
+
+def test_boolean_expressions_have_their_python_values():
+    expressions, values = boolean_expressions(300, 3, seed=0)
+    for tokens, value in zip(expressions, values, strict=True):
+        text = " ".join(tokens).replace("T", "True").replace("F", "False").replace("&", "and").replace("|", "or")
+        assert eval(text.replace("!", " not ")) == value  # noqa: S307 - our own generated tokens

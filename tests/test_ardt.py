@@ -171,7 +171,7 @@ def test_evaluate_lm_matches_a_hand_computed_bigram_score():
 def test_tree_lm_and_sampling_produce_grammatical_text():
     grammar = Grammar()
     stop, vocab = grammar.index["."], len(grammar.vocabulary)
-    lm = ardt.TreeLM(vocab, rounds=10, learning_rate=0.2, max_leaf_nodes=15).fit(grammar.encode(grammar.sample(800)), stop)
+    lm = ardt.TreeLM(vocab, rounds=30, learning_rate=0.15, max_leaf_nodes=15).fit(grammar.encode(grammar.sample(1500)), stop)
     probabilities = lm.next_token_probabilities([[stop], [stop, grammar.index["the"]]])
     assert np.allclose(probabilities.sum(axis=1), 1) and probabilities.min() > 0
     samples = tinylm.sample_sentences(lm, 50, stop, stop, seed=1)

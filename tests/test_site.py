@@ -17,7 +17,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 # "cited": a name that appears on the page only through a resolved citation.
 PAGES = {"chapters/contract-design.html": {"figures": 7, "statements": 10, "cited": "Galanti"},
          "chapters/rank-minimization.html": {"figures": 4, "statements": 6, "cited": "Galanti"},
-         "chapters/speculative-inference.html": {"figures": 5, "statements": 10, "cited": "Leviathan"}}
+         "chapters/speculative-inference.html": {"figures": 5, "statements": 10, "cited": "Leviathan"},
+         "chapters/decision-tree-language-models.html": {"figures": 3, "statements": 5, "cited": "Eldan"}}
 
 
 @pytest.fixture(scope="module")

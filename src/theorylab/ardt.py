@@ -11,7 +11,6 @@ bounded fan-in circuit (depth :math:`\lceil\log_2N\rceil+k`); each comes with a 
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,36 +103,38 @@ class WindowTree:
         codes = {token: k for k, token in enumerate(vocabulary)}
         codes[PAD], codes[ERROR] = -1, -2
         length = context_length or self.context_length or prompts.shape[1]
-        sequence = np.asarray(prompts, dtype=np.int64)
-        out = np.empty((sequence.shape[0], steps), dtype=np.int64)
+        prompts = np.asarray(prompts, dtype=np.int64)
+        rows, width = prompts.shape
+        # one preallocated buffer: `length` pad columns, the prompt, then the generated tokens
+        small = max(len(codes), 2) < 2**15  # int16 codes halve the memory traffic of the walk
+        buffer = np.full((rows, length + width + steps), -1, dtype=np.int16 if small else np.int64)
+        buffer[:, length:length + width] = prompts
         for step in range(steps):
-            window = sequence[:, -length:]
-            if window.shape[1] < length:
-                window = np.concatenate([np.full((window.shape[0], length - window.shape[1]), -1), window], axis=1)
-            out[:, step] = self.predict(window, codes)
-            sequence = np.concatenate([sequence, out[:, step:step + 1]], axis=1)
-        return out
+            end = length + width + step
+            buffer[:, end] = self.predict(buffer[:, end - length:end], codes)
+        return buffer[:, length + width:].astype(np.int64)
 
     def predict(self, windows: np.ndarray, codes: Mapping[Hashable, int]) -> np.ndarray:
         """Leaf token codes for a batch of windows of token codes (rows), by masking subtree by subtree."""
         result = np.full(windows.shape[0], -2, dtype=np.int64)
 
-        def walk(node, rows):
-            if rows.size == 0:
+        def walk(node, rows):  # rows: an index array, or None for every row (no gather needed)
+            if rows is not None and rows.size == 0:
                 return
             if isinstance(node, Leaf):
-                result[rows] = codes.get(node.token, -2)
+                result[slice(None) if rows is None else rows] = codes.get(node.token, -2)
                 return
-            column = windows[rows, -node.position] if node.from_end else windows[rows, node.position - 1]
-            taken = np.zeros(rows.size, dtype=bool)
+            at = -node.position if node.from_end else node.position - 1
+            column = windows[:, at] if rows is None else windows[rows, at]
+            taken = np.zeros(column.size, dtype=bool)
             for token, child in node.children.items():
                 if token in codes:
                     match = column == codes[token]
                     taken |= match
-                    walk(child, rows[match])
-            walk(node.default, rows[~taken])
+                    walk(child, np.flatnonzero(match) if rows is None else rows[match])
+            walk(node.default, np.flatnonzero(~taken) if rows is None else rows[~taken])
 
-        walk(self.root, np.arange(windows.shape[0]))
+        walk(self.root, None)
         return result
 
 
@@ -186,8 +187,8 @@ class CompiledDFA:
 
     def run_all(self, length: int) -> np.ndarray:
         """Final states (as indices into ``states``) on every input of ``length``, vectorised."""
-        codes = np.array(list(itertools.product(range(len(self.alphabet)), repeat=length)), dtype=np.int64)
-        out = self.tree.generate_batch(codes.reshape(-1, length), length, self.vocabulary, context_length=length)
+        out = self.tree.generate_batch(all_inputs(length, len(self.alphabet)), length, self.vocabulary,
+                                       context_length=length)
         return out[:, -1] - len(self.alphabet)
 
 
@@ -430,8 +431,7 @@ class CompiledCircuit:
         return self.tree.generate(inputs, len(self.gates))
 
     def run_all(self) -> np.ndarray:
-        codes = np.array(list(itertools.product((0, 1), repeat=self.n_inputs)), dtype=np.int64)
-        return self.tree.generate_batch(codes, len(self.gates), [0, 1])
+        return self.tree.generate_batch(all_inputs(self.n_inputs), len(self.gates), [0, 1])
 
 
 def compile_circuit(n_inputs: int, gates: Sequence[Gate]) -> CompiledCircuit:
@@ -562,7 +562,9 @@ def fit_ardt(windows: np.ndarray, targets: np.ndarray, vocabulary_size: int, see
 
 def all_inputs(length: int, alphabet_size: int = 2) -> np.ndarray:
     """Every string of ``length`` symbols (as indices), one per row, in lexicographic order."""
-    return np.array(list(itertools.product(range(alphabet_size), repeat=length)), dtype=np.int64).reshape(-1, length)
+    if length == 0:
+        return np.zeros((1, 0), dtype=np.int64)
+    return np.stack(np.unravel_index(np.arange(alphabet_size ** length), (alphabet_size,) * length), axis=1)
 
 
 def leaf_bound_dfa(n_states: int, n_symbols: int) -> int:

@@ -155,6 +155,29 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
                   "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device)",
     ),
+    "decision-tree-language-models": ChapterSpec(
+        name="decision-tree-language-models",
+        title="The power of autoregressive decision trees",
+        notebook="chapters/decision-tree-language-models.ipynb",
+        params={
+            "max_length": Param(int, 14, 20, "longest input length of the exhaustive automaton checks", minimum=1),
+            "tm_bits": Param(int, 10, 14, "binary-increment inputs checked: every number of this many bits",
+                             minimum=1),
+            "circuit_inputs": Param(int, 12, 16, "inputs of the random circuits (every input is checked)", minimum=2),
+            "circuit_gates": Param(int, 60, 300, "gates of the largest random circuit", minimum=1),
+            "traces": Param(int, 300, 1000, "machine traces CART learns from", minimum=10),
+            "train_sentences": Param(int, 6000, 60_000, "training sentences of the language models", minimum=100),
+            "test_sentences": Param(int, 1000, 10_000, "held-out sentences", minimum=100),
+            "lm_rounds": Param(int, 40, 200, "boosting rounds of the tree language model", minimum=1),
+            "gpt_steps": Param(int, 600, 6000, "training steps of the tiny transformers", minimum=10),
+            "samples": Param(int, 400, 2000, "sentences sampled from each model for the parser", minimum=10),
+            "expressions": Param(int, 6000, 60_000, "Boolean expressions of the reasoning task", minimum=200),
+        },
+        ci_seconds=50,
+        full_minutes=30,
+        full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
+                  "200 boosting rounds, 10x longer transformer training (estimated on CPU; not run)",
+    ),
 }
 
 

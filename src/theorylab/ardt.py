@@ -150,15 +150,10 @@ def _state(q):
     return ("state", q)
 
 
-@dataclass
-class CompiledDFA:
-    r"""S1: a DFA compiled to a window tree of token depth 2 with :math:`(|Q|+1)(|\Sigma|+1)` leaves."""
+class _Compiled:
+    """What every compiled machine shares: its window tree's token depth and leaf count."""
 
     tree: WindowTree
-    transitions: dict
-    start: Hashable
-    alphabet: tuple
-    states: tuple
 
     @property
     def depth(self) -> int:
@@ -167,6 +162,17 @@ class CompiledDFA:
     @property
     def n_leaves(self) -> int:
         return self.tree.n_leaves
+
+
+@dataclass
+class CompiledDFA(_Compiled):
+    r"""S1: a DFA compiled to a window tree of token depth 2 with :math:`(|Q|+1)(|\Sigma|+1)` leaves."""
+
+    tree: WindowTree
+    transitions: dict
+    start: Hashable
+    alphabet: tuple
+    states: tuple
 
     @property
     def vocabulary(self) -> list:
@@ -256,7 +262,7 @@ def _head(q, a):
 
 
 @dataclass
-class CompiledTM:
+class CompiledTM(_Compiled):
     r"""S3: a one-tape machine on :math:`M` cells compiled to a window tree of token depth 3 with
     :math:`|\Gamma|(2|Q||\Gamma|+1)+|Q||\Gamma|+2` leaves, :math:`L=M+2`; configurations are blocks
     :math:`\#\,c_1\cdots c_M` with one head token :math:`(q,a)`, and one machine step is :math:`M+1` tokens."""
@@ -265,14 +271,6 @@ class CompiledTM:
     tape_symbols: tuple
     states: tuple
     tape_length: int
-
-    @property
-    def depth(self) -> int:
-        return self.tree.depth
-
-    @property
-    def n_leaves(self) -> int:
-        return self.tree.n_leaves
 
     def encode(self, tape: Sequence[Hashable], state: Hashable, head: int) -> list:
         if len(tape) != self.tape_length:
@@ -402,7 +400,7 @@ class Gate:
 
 
 @dataclass
-class CompiledCircuit:
+class CompiledCircuit(_Compiled):
     r"""S4: a circuit of :math:`N` gates of fan-in at most :math:`k` on :math:`n` inputs compiled to a window tree
     with :math:`L=n+N`, token depth at most :math:`\lceil\log_2N\rceil+k` and at most :math:`N2^k` non-error
     leaves; after :math:`N` steps the last token is :math:`g_N`."""
@@ -410,14 +408,6 @@ class CompiledCircuit:
     tree: WindowTree
     n_inputs: int
     gates: tuple[Gate, ...]
-
-    @property
-    def depth(self) -> int:
-        return self.tree.depth
-
-    @property
-    def n_leaves(self) -> int:
-        return self.tree.n_leaves
 
     @property
     def n_output_leaves(self) -> int:

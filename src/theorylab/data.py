@@ -222,3 +222,53 @@ def boolean_expressions(n_expressions: int, max_depth: int = 3, seed: int = 0) -
 
     pairs = [expression(max_depth) for _ in range(n_expressions)]
     return [tokens for tokens, _ in pairs], [value for _, value in pairs]
+
+
+class ClassPopulation:
+    r"""A population of classes for transfer (chapter ``collapse-and-transfer``). A class is a latent
+    :math:`c\sim N(0,I_{k})`; a sample is :math:`z=[c+0.3\xi,\ 1.5\eta]` with :math:`\xi\sim N(0,I_k)`,
+    :math:`\eta\sim N(0,I_{m})`, rendered as :math:`x=\tanh(1.5\tanh(1.5\,zA_1)A_2)+0.05\zeta` with fixed
+    Gaussian :math:`A_1,A_2` of variance 1/fan-in. Two views of a sample share :math:`c+0.3\xi` and
+    resample the nuisance :math:`\eta` and the noise :math:`\zeta`."""
+
+    def __init__(self, latent_dim: int = 8, nuisance_dim: int = 8, input_dim: int = 64, seed: int = 0):
+        if min(latent_dim, nuisance_dim, input_dim) < 1:
+            raise ValueError("latent_dim, nuisance_dim and input_dim must be positive")
+        rng = np.random.default_rng(seed)
+        width = latent_dim + nuisance_dim
+        self.latent_dim, self.nuisance_dim, self.input_dim = latent_dim, nuisance_dim, input_dim
+        self.A1 = rng.normal(0, 1 / np.sqrt(width), size=(width, input_dim))
+        self.A2 = rng.normal(0, 1 / np.sqrt(input_dim), size=(input_dim, input_dim))
+
+    def draw_classes(self, n_classes: int, seed: int = 0) -> np.ndarray:
+        if n_classes < 1:
+            raise ValueError(f"n_classes: got {n_classes}, expected a positive integer")
+        return np.random.default_rng(seed).normal(size=(n_classes, self.latent_dim))
+
+    def _render(self, content: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        nuisance = 1.5 * rng.normal(size=(len(content), self.nuisance_dim))
+        z = np.concatenate([content, nuisance], axis=1)
+        x = np.tanh(1.5 * np.tanh(1.5 * z @ self.A1) @ self.A2)
+        return (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+
+    def sample(self, classes: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``per_class`` samples of each class latent; returns inputs and labels (row index of the class)."""
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(len(classes)), per_class)
+        content = classes[labels] + 0.3 * rng.normal(size=(len(labels), self.latent_dim))
+        return self._render(content, rng), labels
+
+    def augment(self, classes: np.ndarray, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Two views of ``per_class`` samples of each class, and the labels."""
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(len(classes)), per_class)
+        content = classes[labels] + 0.3 * rng.normal(size=(len(labels), self.latent_dim))
+        return self._render(content, rng), self._render(content, rng), labels
+
+
+def gaussian_two_class(n_per_class: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Two Gaussian classes :math:`N(\mp2\cdot\mathbf 1,0.25I)` in ``dim`` dimensions, ``n_per_class`` each."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n_per_class)
+    x = np.where(labels[:, None] == 0, -2.0, 2.0) + 0.5 * rng.normal(size=(2 * n_per_class, dim))
+    return x, labels

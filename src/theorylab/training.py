@@ -71,12 +71,14 @@ class TrainResult:
 
 
 def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, steps: int, seed: int = 0,
+              momentum: float = 0.0,
               record_every: int = 0, record: Callable[[nn.Module], dict[str, Any]] | None = None,
               unroll: tuple[torch.Tensor, int] | None = None, check_gradients: int = 0) -> TrainResult:
-    r"""Plain SGD (no momentum: the certificate of L3 needs it plain) on cross-entropy, constant rate.
+    r"""SGD on cross-entropy at a constant rate (plain by default: the certificate of L3 needs it plain).
 
     Each step draws ``batch`` training indices uniformly with replacement (a ``torch.Generator`` seeded
-    with ``seed``), then applies PyTorch's ``SGD(lr, weight_decay=wd)`` update
+    with ``seed``), then applies PyTorch's ``SGD(lr, weight_decay=wd, momentum=momentum)`` update (``momentum``
+    other than 0 is for chapters that need no certificate)
     :math:`W \leftarrow (1-\mu\,\mathrm{wd})W - \mu G`. Every ``record_every`` steps (and at the end)
     ``record(model)`` is appended to the history with the step. ``unroll=(weight, n)`` keeps the running
     sum of the last ``n`` updates of ``weight`` (:class:`UnrolledSum`), and stores the gradient of that
@@ -85,10 +87,12 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float
     if min(batch, steps) < 1 or lr <= 0 or wd < 0:
         raise ValueError(f"batch and steps must be positive, lr positive and wd non-negative; "
                          f"got batch={batch}, steps={steps}, lr={lr}, wd={wd}")
+    if not 0 <= momentum < 1 or (momentum and unroll is not None):
+        raise ValueError(f"momentum: got {momentum}, expected [0, 1), and 0 when unrolling (L3 needs plain SGD)")
     if unroll is not None and not 0 < unroll[1] <= steps:
         raise ValueError(f"unroll window: got {unroll[1]}, expected 1..{steps}")
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum)
     history: list[dict[str, Any]] = []
     tracker = UnrolledSum(unroll[0], unroll[1]) if unroll is not None else None
     check_at: set[int] = set()

@@ -1,0 +1,149 @@
+"""theorylab.collapse against independent oracles: NumPy covariances, isotropic Gaussians in closed form,
+Monte Carlo of the NCC test statistic and of random features, brute-force loops for the contrastive losses."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from theorylab import collapse as co
+from theorylab.data import ClassPopulation, gaussian_two_class
+
+
+def gaussian_classes(means, sigma, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([m + sigma * rng.normal(size=(n, len(m))) for m in means])
+    return x, np.repeat(np.arange(len(means)), n)
+
+
+def test_moments_match_numpy_and_conventions_convert():
+    x, y = gaussian_classes([np.zeros(5), np.ones(5) * 2, -np.ones(5)], 0.7, 400)
+    moments = co.class_moments(x, y)
+    np.testing.assert_allclose(moments.covariances[1], np.cov(x[y == 1].T), atol=1e-12)
+    assert co.cdnv(x, y, "directional") == pytest.approx(2 * co.cdnv(x, y, "ggh"))
+    directional = co.directional_cdnv_matrix(moments)
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                d2 = ((moments.means[i] - moments.means[j]) ** 2).sum()
+                assert directional[i, j] <= moments.variances[i] / d2 + 1e-12
+
+
+def test_cdnv_of_isotropic_gaussians_has_its_closed_form():
+    """v = d sigma^2 per class and d_ij^2 = |m_i - m_j|^2, so V_GGH = d sigma^2 / d_ij^2; directional = sigma^2 / d_ij^2."""
+    d, sigma = 10, 0.5
+    x, y = gaussian_classes([np.zeros(d), np.full(d, 1.0)], sigma, 40_000, seed=1)
+    assert co.cdnv(x, y) == pytest.approx(d * sigma**2 / d, rel=0.02)
+    assert co.directional_cdnv(x, y) == pytest.approx(sigma**2 / d, rel=0.03)
+
+
+def test_trace_nc1_equals_kernel_nc1_of_the_linear_kernel():
+    x, y = gaussian_classes([np.zeros(4), np.ones(4), np.arange(4.0)], 0.3, 50, seed=2)
+    assert co.kernel_nc1(x @ x.T, y) == pytest.approx(co.nc1(x, y, "trace"), rel=1e-10)
+    assert co.nc1(x, y, "papyan") > 0
+
+
+def test_ncc_statistic_variance_matches_monte_carlo_for_skewed_classes():
+    """Lemma L1 / T1: simulate X_ij = <e,D> + <e,a-b> - <b,D> - (|a|^2 - |b|^2)/2 directly (centred exponential
+    classes of different scales, so fourth moments and kappa_j matter) and compare its variance with T1's
+    formula and its mean with -(v_i - v_j)/(2n), where v = sum of squared scales exactly."""
+    rng = np.random.default_rng(3)
+    n, trials = 2, 400_000
+    scales = {0: np.array([1.0, 0.5, 0.3]), 1: np.array([1.6, 0.4, 0.9])}
+    means = {0: np.zeros(3), 1: np.array([1.5, 0.5, 0.0])}
+    noise = lambda c, size: (rng.exponential(1.0, size=(size, 3)) - 1.0) * scales[c]
+    population = np.concatenate([means[c] + noise(c, trials) for c in (0, 1)])
+    moments = co.class_moments(population, np.repeat([0, 1], trials))
+    e = noise(0, trials)
+    a = np.mean([noise(0, trials) for _ in range(n)], axis=0)
+    b = np.mean([noise(1, trials) for _ in range(n)], axis=0)
+    D = means[0] - means[1]
+    X = e @ D + (e * (a - b)).sum(1) - b @ D - 0.5 * ((a**2).sum(1) - (b**2).sum(1))
+    assert X.var() == pytest.approx(co.ncc_pair_variance(moments, 0, 1, n), rel=0.02)
+    expected_mean = -((scales[0] ** 2).sum() - (scales[1] ** 2).sum()) / (2 * n)
+    assert abs(X.mean() - expected_mean) < 4 * X.std() / math.sqrt(trials)
+
+
+def test_ncc_pair_bound_holds_and_tends_to_the_cantelli_limit():
+    x, y = gaussian_classes([np.zeros(6), np.r_[2.0, np.zeros(5)]], 0.6, 50_000, seed=4)
+    moments = co.class_moments(x, y)
+    per_class = [x[y == 0], x[y == 1]]
+    for shots in (1, 3, 10):
+        error, se = co.fewshot_error(per_class, 2, shots, 50, 300, seed=shots)
+        assert error <= co.ncc_bound(moments, shots) + 3 * se
+    directional = co.directional_cdnv_matrix(moments)[0, 1]
+    assert co.ncc_pair_bound(moments, 0, 1, 10**8) == pytest.approx(4 * directional / (1 + 4 * directional), rel=1e-5)
+
+
+def test_bound_preconditions_raise_clear_errors():
+    x, y = gaussian_classes([np.zeros(3), np.full(3, 0.1)], 3.0, 200, seed=5)
+    moments = co.class_moments(x, y)
+    with pytest.raises(ValueError, match="m >= 10"):
+        co.directional_bound_paper(moments, 5)
+    with pytest.raises(ValueError, match="shots"):
+        co.ncc_pair_bound(moments, 0, 1, 0)
+    lopsided = co.ClassMoments(moments.classes, np.array([[0.0], [0.1]]), np.array([[[9.0]], [[0.01]]]),
+                               np.array([81.0, 1e-4]), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="t_ij > 0"):
+        co.ncc_pair_bound(lopsided, 0, 1, 1)
+    with pytest.raises(ValueError, match="two classes"):
+        co.cdnv(x[:10], np.zeros(10))
+
+
+def brute_force_loss(z1, z2, labels, tau, supervised):
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1).double()
+    n = len(z1)
+    both = list(labels) * 2
+    total = 0.0
+    for k in range(2 * n):
+        positive = float(z[k] @ z[(k + n) % (2 * n)]) / tau
+        terms = [math.exp(float(z[k] @ z[m]) / tau) for m in range(2 * n)
+                 if m % n != k % n and not (supervised and both[m] == both[k])]
+        total += math.log(sum(terms)) - positive
+    return total / (2 * n)
+
+
+def test_contrastive_losses_match_brute_force_loops_and_the_gap_bound():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(12, 5), torch.randn(12, 5)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    for tau in (1.0, 0.5):
+        dcl, nscl = co.dcl_loss(z1, z2, tau), co.nscl_loss(z1, z2, labels, tau)
+        assert float(dcl) == pytest.approx(brute_force_loss(z1, z2, labels.tolist(), tau, False), rel=1e-5)
+        assert float(nscl) == pytest.approx(brute_force_loss(z1, z2, labels.tolist(), tau, True), rel=1e-5)
+        assert 0 <= float(dcl - nscl) <= co.dcl_nscl_gap_bound(labels, tau)
+
+
+def test_gap_is_exact_when_every_cross_sample_similarity_is_equal():
+    """Orthogonal samples, identical views: every cross-sample cosine is 0."""
+    z = torch.eye(16)
+    labels = torch.tensor([0] * 4 + [1] * 4 + [2] * 8)
+    gap = float(co.dcl_loss(z, z) - co.nscl_loss(z, z, labels))
+    assert gap == pytest.approx(co.equal_similarity_gap(labels), rel=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_kernels_match_random_features(activation):
+    """Monte Carlo with 400,000 hidden units: K = E[s(w.x) s(w.x')], NTK - K = S E[s'(w.x) s'(w.x')]."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(5, 3))
+    W = rng.normal(size=(3, 400_000)) / math.sqrt(3)
+    U = X @ W
+    if activation == "erf":
+        from scipy.special import erf
+        phi, dphi = erf(U), 2 / math.sqrt(math.pi) * np.exp(-U**2)
+    else:
+        phi, dphi = np.maximum(U, 0), (U > 0).astype(float)
+    nngp = phi @ phi.T / W.shape[1]
+    np.testing.assert_allclose(co.nngp_kernel(X, activation), nngp, atol=0.01)
+    np.testing.assert_allclose(co.ntk_kernel(X, activation) - co.nngp_kernel(X, activation),
+                               (X @ X.T / 3) * (dphi @ dphi.T / W.shape[1]), atol=0.02)
+
+
+def test_population_views_share_content_and_two_class_data_is_balanced():
+    population = ClassPopulation(seed=0)
+    classes = population.draw_classes(3, seed=1)
+    v1, v2, labels = population.augment(classes, 4, seed=2)
+    assert v1.shape == v2.shape == (12, 64) and not np.allclose(v1, v2)
+    x, y = gaussian_two_class(10, 8, seed=0)
+    assert x.shape == (20, 8) and (y == 0).sum() == 10 and x[y == 0].mean() < 0 < x[y == 1].mean()

@@ -178,6 +178,23 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
                   "200 boosting rounds, 10x longer transformer training (estimated on CPU; not run)",
     ),
+    "collapse-and-transfer": ChapterSpec(
+        name="collapse-and-transfer",
+        title="Neural collapse and few-shot transfer",
+        notebook="chapters/collapse-and-transfer.ipynb",
+        params={
+            "source_classes": Param(tuple, (5, 20, 100), (5, 20, 100, 400), "numbers of source classes", minimum=2),
+            "train_steps": Param(int, 4000, 20_000, "SGD steps of each supervised encoder", minimum=1),
+            "episodes": Param(int, 100, 1000, "5-way 5-shot episodes per encoder", minimum=2),
+            "mc_episodes": Param(int, 200, 2000, "episodes per shot count on the Gaussian classes", minimum=2),
+            "contrastive_steps": Param(int, 300, 3000, "steps of each contrastive run", minimum=1),
+            "kernel_points": Param(int, 256, 1024, "points of the kernel NC1 data sets", minimum=8),
+        },
+        ci_seconds=45,
+        full_minutes=30,
+        full_note="400 source classes, 5x longer training, 1000 episodes, 10x longer contrastive runs, 1024-point "
+                  "kernels (estimated on CPU; not run)",
+    ),
 }
 
 

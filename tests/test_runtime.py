@@ -42,7 +42,7 @@ def test_bad_parameters_are_named_with_value_and_allowed_range(overrides, fragme
 def test_unknown_profile_chapter_seed_and_device_are_rejected():
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         runtime.resolve(CHAPTER, "huge")
-    with pytest.raises(ValueError, match="unknown chapter 'nope'; known chapters: contract-design"):
+    with pytest.raises(ValueError, match="unknown chapter 'nope'; known chapters: .*contract-design"):
         runtime.resolve("nope")
     with pytest.raises(ValueError, match="seed: got -1"):
         runtime.resolve(CHAPTER, seed=-1)

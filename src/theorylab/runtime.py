@@ -195,6 +195,23 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_note="400 source classes, 5x longer training, 1000 episodes, 10x longer contrastive runs, 1024-point "
                   "kernels (estimated on CPU; not run)",
     ),
+    "sparse-network-bounds": ChapterSpec(
+        name="sparse-network-bounds",
+        title="Norm-based generalization bounds for compositionally sparse networks",
+        notebook="chapters/sparse-network-bounds.ipynb",
+        params={
+            "sample_sizes": Param(tuple, (250, 1000, 4000), (250, 500, 1000, 2000, 4000, 16000),
+                                  "training-set sizes of the teacher experiment", minimum=10),
+            "student_steps": Param(int, 2500, 10_000, "SGD steps of each sparse student", minimum=1),
+            "digits_steps": Param(int, 3000, 10_000, "SGD steps of the digits students", minimum=1),
+            "depth_steps": Param(int, 8000, 20_000, "SGD steps of the effective-depth MLPs", minimum=1),
+            "label_noise": Param(float, 0.25, 0.25, "fraction of labels replaced by uniform ones", minimum=0.0),
+        },
+        ci_seconds=65,
+        full_minutes=60,
+        full_note="six sample sizes up to 16,000, four times longer training (estimated on CPU; the paper's 28x28 "
+                  "scale is described, not run)",
+    ),
 }
 
 

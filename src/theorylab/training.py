@@ -12,13 +12,20 @@ from torch import nn
 from .data import Split
 
 
-def mlp(widths: Sequence[int]) -> nn.Sequential:
-    """Fully connected ReLU network ``widths[0] -> ... -> widths[-1]`` (PyTorch's default init)."""
+def mlp(widths: Sequence[int], init: str = "default") -> nn.Sequential:
+    """Fully connected ReLU network ``widths[0] -> ... -> widths[-1]``: PyTorch's default init, or ``kaiming``
+    (normal, fan-in, zero biases), which deep narrow networks need to train at small rates."""
     if len(widths) < 2 or min(widths) < 1:
         raise ValueError(f"widths: got {list(widths)!r}, expected at least two positive sizes")
+    if init not in ("default", "kaiming"):
+        raise ValueError(f"init: got {init!r}, expected 'default' or 'kaiming'")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(nn.Linear(fan_in, fan_out))
+        layer = nn.Linear(fan_in, fan_out)
+        if init == "kaiming":
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+        layers.append(layer)
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -34,6 +41,13 @@ def small_cnn(channels: int = 32, n_classes: int = 10, in_channels: int = 1) -> 
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
     """The weights of every linear and convolutional layer, in order."""
     return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def pm_one_targets(labels: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    r"""Squared-loss targets: :math:`\pm1` for one output (label 1 is +1), :math:`2\,\mathrm{onehot}-1` for several."""
+    if n_outputs == 1:
+        return (2.0 * labels.float() - 1.0)[:, None]
+    return 2.0 * nn.functional.one_hot(labels, n_outputs).float() - 1.0
 
 
 def steps_for_epochs(n_samples: int, batch: int, epochs: float) -> int:
@@ -71,10 +85,11 @@ class TrainResult:
 
 
 def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, steps: int, seed: int = 0,
-              momentum: float = 0.0,
+              momentum: float = 0.0, loss: str = "cross_entropy",
               record_every: int = 0, record: Callable[[nn.Module], dict[str, Any]] | None = None,
               unroll: tuple[torch.Tensor, int] | None = None, check_gradients: int = 0) -> TrainResult:
-    r"""SGD on cross-entropy at a constant rate (plain by default: the certificate of L3 needs it plain).
+    r"""SGD on cross-entropy (or ``loss="squared"`` to :func:`pm_one_targets`) at a constant rate (plain by
+    default: the certificate of L3 needs it plain).
 
     Each step draws ``batch`` training indices uniformly with replacement (a ``torch.Generator`` seeded
     with ``seed``), then applies PyTorch's ``SGD(lr, weight_decay=wd, momentum=momentum)`` update (``momentum``
@@ -87,6 +102,8 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float
     if min(batch, steps) < 1 or lr <= 0 or wd < 0:
         raise ValueError(f"batch and steps must be positive, lr positive and wd non-negative; "
                          f"got batch={batch}, steps={steps}, lr={lr}, wd={wd}")
+    if loss not in ("cross_entropy", "squared"):
+        raise ValueError(f"loss: got {loss!r}, expected 'cross_entropy' or 'squared' (to +-1 targets)")
     if not 0 <= momentum < 1 or (momentum and unroll is not None):
         raise ValueError(f"momentum: got {momentum}, expected [0, 1), and 0 when unrolling (L3 needs plain SGD)")
     if unroll is not None and not 0 < unroll[1] <= steps:
@@ -104,9 +121,13 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float
         if record is not None and record_every and step % record_every == 0:
             history.append({"step": step, **record(model)})
         index = torch.randint(0, n, (batch,), generator=generator)
-        loss = nn.functional.cross_entropy(model(data.x_train[index]), data.y_train[index])
+        outputs, labels = model(data.x_train[index]), data.y_train[index]
+        if loss == "squared":
+            objective = ((outputs - pm_one_targets(labels, outputs.shape[1])) ** 2).sum(dim=1).mean()
+        else:
+            objective = nn.functional.cross_entropy(outputs, labels)
         optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        objective.backward()
         if tracker is not None and step >= steps - tracker.window:
             gradient = tracker.weight.grad.detach().to(torch.float64)
             if tracker.start is None:

@@ -610,14 +610,12 @@ class TreeLM:
     def fit(self, sentences: Sequence[Sequence[int]], bos: int) -> TreeLM:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        prefixes, targets = [], []
-        for sentence in sentences:
-            for k, token in enumerate(sentence):
-                prefixes.append([bos, *sentence[:k]])
-                targets.append(token)
+        from .tinylm import sentence_prefixes
+
+        prefixes, targets = sentence_prefixes(sentences, bos)
         categorical = [True] * self.context_length + [False] * (self.vocab if self.decay > 0 else 0)
         self.model = HistGradientBoostingClassifier(categorical_features=categorical or None, **self.options)
-        self.model.fit(self.features(prefixes), np.asarray(targets))
+        self.model.fit(self.features(prefixes), targets)
         return self
 
     def next_token_probabilities(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:

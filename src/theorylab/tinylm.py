@@ -182,24 +182,29 @@ class TransformerLM:
 
     @torch.no_grad()
     def next_token_probabilities(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
-        lengths = np.array([len(p) for p in prefixes])
-        batch = torch.zeros((len(prefixes), int(lengths.max())), dtype=torch.long)
-        for row, prefix in enumerate(prefixes):
-            batch[row, :len(prefix)] = torch.as_tensor(list(prefix))
-        logits = self.model(batch)[torch.arange(len(prefixes)), torch.as_tensor(lengths - 1)]
+        batch, lengths = right_padded(prefixes)
+        logits = self.model(batch)[torch.arange(len(prefixes)), lengths - 1]
         return torch.softmax(logits.double()[:, :self.vocab], dim=-1).numpy()
+
+
+def right_padded(sequences: Sequence[Sequence[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences as one ``(count, longest)`` batch right-padded with ``pad``, and their lengths. Under
+    causal attention the padding is invisible to every real position."""
+    lengths = torch.as_tensor([len(s) for s in sequences])
+    batch = torch.full((len(sequences), int(lengths.max())), pad, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        batch[row, :len(sequence)] = torch.as_tensor(list(sequence))
+    return batch, lengths
 
 
 def sentence_rows(sentences: Sequence[Sequence[int]], bos: int, pad: int) -> torch.Tensor:
     """One row per sentence, ``[bos, *sentence]`` right-padded with ``pad`` (to train with ``ignore_index=pad``)."""
-    width = 1 + max(len(s) for s in sentences)
-    rows = np.full((len(sentences), width), pad, dtype=np.int64)
-    for row, sentence in enumerate(sentences):
-        rows[row, :1 + len(sentence)] = [bos, *sentence]
-    return torch.from_numpy(rows)
+    return right_padded([[bos, *sentence] for sentence in sentences], pad)[0]
 
 
-def _prefixes(sentences: Sequence[Sequence[int]], bos: int) -> tuple[list[list[int]], np.ndarray]:
+def sentence_prefixes(sentences: Sequence[Sequence[int]], bos: int) -> tuple[list[list[int]], np.ndarray]:
+    """Every ``([bos, *sentence[:k]], sentence[k])`` pair: the contexts and next tokens a sentence model is
+    trained and scored on."""
     prefixes, targets = [], []
     for sentence in sentences:
         for k, token in enumerate(sentence):
@@ -211,7 +216,7 @@ def _prefixes(sentences: Sequence[Sequence[int]], bos: int) -> tuple[list[list[i
 def evaluate_lm(lm: Any, sentences: Sequence[Sequence[int]], bos: int, batch: int = 4096) -> dict[str, float]:
     r"""Next-token accuracy (argmax) and perplexity :math:`\exp(-\frac1n\sum\log p(x_i\mid x_{<i}))` over every
     token of ``sentences``, each read from ``bos`` (the same tokens and contexts for every model)."""
-    prefixes, targets = _prefixes(sentences, bos)
+    prefixes, targets = sentence_prefixes(sentences, bos)
     correct, log_loss = 0, 0.0
     for start in range(0, len(prefixes), batch):
         probabilities = lm.next_token_probabilities(prefixes[start:start + batch])
@@ -252,10 +257,6 @@ def final_states(model: TinyTransformer, sequences: Sequence[Sequence[int]], bat
     """``model.hidden`` at the last token of each sequence (right-padded batches; causal, so padding is unseen)."""
     states = []
     for start in range(0, len(sequences), batch):
-        chunk = sequences[start:start + batch]
-        lengths = torch.as_tensor([len(s) for s in chunk])
-        rows = torch.zeros((len(chunk), int(lengths.max())), dtype=torch.long)
-        for row, sequence in enumerate(chunk):
-            rows[row, :len(sequence)] = torch.as_tensor(list(sequence))
-        states.append(model.hidden(rows)[torch.arange(len(chunk)), lengths - 1].numpy())
+        rows, lengths = right_padded(sequences[start:start + batch])
+        states.append(model.hidden(rows)[torch.arange(len(rows)), lengths - 1].numpy())
     return np.concatenate(states)

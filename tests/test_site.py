@@ -20,7 +20,8 @@ PAGES = {"chapters/contract-design.html": {"figures": 7, "statements": 10, "cite
          "chapters/speculative-inference.html": {"figures": 5, "statements": 10, "cited": "Leviathan"},
          "chapters/decision-tree-language-models.html": {"figures": 3, "statements": 5, "cited": "Eldan"},
          "chapters/collapse-and-transfer.html": {"figures": 4, "statements": 6, "cited": "Papyan"},
-         "chapters/sparse-network-bounds.html": {"figures": 2, "statements": 7, "cited": "Mohri"}}
+         "chapters/sparse-network-bounds.html": {"figures": 2, "statements": 7, "cited": "Mohri"},
+         "chapters/canonical-representations.html": {"figures": 6, "statements": 5, "cited": "Radhakrishnan"}}
 
 
 @pytest.fixture(scope="module")

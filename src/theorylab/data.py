@@ -23,22 +23,28 @@ class Split:
         return int(self.y_train.max()) + 1
 
 
-def digits(n_train: int = 1400, seed: int = 0, standardize: bool = True, images: bool = False) -> Split:
+def digits(n_train: int = 1400, seed: int = 0, standardize: bool = True, images: bool = False,
+           unit_interval: bool = False) -> Split:
     r"""scikit-learn's 1,797 8x8 digits (shipped with the package), shuffled with ``seed`` and split
-    ``n_train`` / rest. With ``standardize`` each pixel becomes :math:`(x-\bar x)/(s+10^{-3})`, with the
-    training set's mean and standard deviation. ``images`` returns shape ``(N, 1, 8, 8)`` for
-    convolutions, else ``(N, 64)``."""
+    ``n_train`` / rest (``n_train=1797`` leaves the test set empty). With ``standardize`` each pixel becomes
+    :math:`(x-\bar x)/(s+10^{-3})`, with the training set's mean and standard deviation; with
+    ``unit_interval`` (and ``standardize=False``) it becomes :math:`x/16\in[0,1]`; otherwise it stays in
+    0..16. ``images`` returns shape ``(N, 1, 8, 8)`` for convolutions, else ``(N, 64)``."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
-    if not 0 < n_train < len(x):
-        raise ValueError(f"n_train: got {n_train!r}, expected an integer in [1, {len(x) - 1}]")
+    if not 0 < n_train <= len(x):
+        raise ValueError(f"n_train: got {n_train!r}, expected an integer in [1, {len(x)}]")
+    if standardize and unit_interval:
+        raise ValueError("standardize and unit_interval exclude each other: pass standardize=False")
     order = np.random.default_rng(seed).permutation(len(x))
     train, test = order[:n_train], order[n_train:]
     if standardize:
         mean, sd = x[train].mean(axis=0), x[train].std(axis=0)
         x = (x - mean) / (sd + 1e-3)
+    elif unit_interval:
+        x = x / 16.0
     if images:
         x = x.reshape(-1, 1, 8, 8)
     return Split(torch.as_tensor(x[train]), torch.as_tensor(y[train]),
@@ -294,3 +300,18 @@ def teacher_tree_images(n: int, size: int = 8, channels: int = 4, seed: int = 0,
         x = torch.randn((n, 1, size, size), generator=torch.Generator().manual_seed(seed))
         y = (teacher(x)[:, 0] > threshold).long()
     return x, y
+
+
+def gaussian_mixture(n_samples: int, dim: int, n_classes: int, separation: float = 3.0, seed: int = 0) -> Split:
+    r"""A balanced Gaussian mixture: class means :math:`\mu_k\sim N(0,\frac{s^2}{d}I)` with :math:`s` =
+    ``separation`` (so :math:`\|\mu_k-\mu_l\|\approx s\sqrt2`), samples :math:`\mu_{y}+N(0,I)/\sqrt d` with labels
+    cycling through the classes; every sample is in the training set (the test set is empty)."""
+    if min(n_samples, dim) < 1 or n_classes < 2 or separation < 0:
+        raise ValueError(f"need n_samples, dim >= 1, n_classes >= 2 and separation >= 0; got "
+                         f"{n_samples}, {dim}, {n_classes}, {separation}")
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=separation / np.sqrt(dim), size=(n_classes, dim))
+    labels = np.arange(n_samples) % n_classes
+    x = (means[labels] + rng.normal(scale=1 / np.sqrt(dim), size=(n_samples, dim))).astype(np.float32)
+    return Split(torch.as_tensor(x), torch.as_tensor(labels.astype(np.int64)),
+                 torch.zeros(0, dim), torch.zeros(0, dtype=torch.int64))

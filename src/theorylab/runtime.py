@@ -195,6 +195,25 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_note="400 source classes, 5x longer training, 1000 episodes, 10x longer contrastive runs, 1024-point "
                   "kernels (estimated on CPU; not run)",
     ),
+    "canonical-representations": ChapterSpec(
+        name="canonical-representations",
+        title="The canonical representation hypothesis",
+        notebook="chapters/canonical-representations.ipynb",
+        params={
+            "steps": Param(int, 8000, 40_000, "SGD steps of every weight-decay, batch and rate run", minimum=1),
+            "gd_steps": Param(int, 3000, 20_000, "steps of the full-batch gradient-descent run", minimum=1),
+            "log_every": Param(int, 500, 500, "steps between alignment measurements during training", minimum=1),
+            "null_draws": Param(int, 20, 100, "draws of each null baseline", minimum=1),
+            "boots": Param(int, 200, 1000, "bootstrap resamples of each power-law fit", minimum=2),
+            "activations": Param(str, "relu", "relu,tanh", "activations of the weight-decay sweep",
+                                 choices=("relu", "tanh", "relu,tanh")),
+            "synthetic_steps": Param(int, 4000, 40_000, "SGD steps of the Gaussian-mixture runs", minimum=1),
+        },
+        ci_seconds=65,
+        full_minutes=40,
+        full_note="five times longer training, the tanh sweep, 100 null draws, 1,000 bootstraps "
+                  "(estimated on CPU; the convolutional and transformer grids of the brief are not implemented)",
+    ),
     "sparse-network-bounds": ChapterSpec(
         name="sparse-network-bounds",
         title="Norm-based generalization bounds for compositionally sparse networks",

@@ -12,22 +12,28 @@ from torch import nn
 from .data import Split
 
 
-def mlp(widths: Sequence[int], init: str = "default") -> nn.Sequential:
-    """Fully connected ReLU network ``widths[0] -> ... -> widths[-1]``: PyTorch's default init, or ``kaiming``
-    (normal, fan-in, zero biases), which deep narrow networks need to train at small rates."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(widths: Sequence[int], init: str = "default", activation: str = "relu") -> nn.Sequential:
+    """Fully connected network ``widths[0] -> ... -> widths[-1]`` with ReLU (or ``tanh``) between the linear maps:
+    PyTorch's default init, or ``kaiming`` (normal, fan-in, zero biases), which deep narrow networks need to
+    train at small rates."""
     if len(widths) < 2 or min(widths) < 1:
         raise ValueError(f"widths: got {list(widths)!r}, expected at least two positive sizes")
     if init not in ("default", "kaiming"):
         raise ValueError(f"init: got {init!r}, expected 'default' or 'kaiming'")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: got {activation!r}, expected one of {list(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         layer = nn.Linear(fan_in, fan_out)
         if init == "kaiming":
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(layer.weight, nonlinearity=activation)
             nn.init.zeros_(layer.bias)
         layers.append(layer)
         if i < len(widths) - 2:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -84,7 +90,7 @@ class TrainResult:
     unrolled: UnrolledSum | None
 
 
-def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, steps: int, seed: int = 0,
+def train_sgd(model: nn.Module, data: Split, *, batch: int | None, lr: float, wd: float, steps: int, seed: int = 0,
               momentum: float = 0.0, loss: str = "cross_entropy",
               record_every: int = 0, record: Callable[[nn.Module], dict[str, Any]] | None = None,
               unroll: tuple[torch.Tensor, int] | None = None, check_gradients: int = 0) -> TrainResult:
@@ -92,14 +98,17 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float
     default: the certificate of L3 needs it plain).
 
     Each step draws ``batch`` training indices uniformly with replacement (a ``torch.Generator`` seeded
-    with ``seed``), then applies PyTorch's ``SGD(lr, weight_decay=wd, momentum=momentum)`` update (``momentum``
-    other than 0 is for chapters that need no certificate)
+    with ``seed``; ``batch=None`` uses every training sample instead: full-batch gradient descent), then
+    applies PyTorch's ``SGD(lr, weight_decay=wd, momentum=momentum)`` update (``momentum`` other than 0 is
+    for chapters that need no certificate)
     :math:`W \leftarrow (1-\mu\,\mathrm{wd})W - \mu G`. Every ``record_every`` steps (and at the end)
     ``record(model)`` is appended to the history with the step. ``unroll=(weight, n)`` keeps the running
     sum of the last ``n`` updates of ``weight`` (:class:`UnrolledSum`), and stores the gradient of that
     weight at ``check_gradients`` evenly spaced steps of the window.
     """
-    if min(batch, steps) < 1 or lr <= 0 or wd < 0:
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
+        raise ValueError(f"batch: got {batch!r}, expected a positive integer or None (full batch)")
+    if min(batch or 1, steps) < 1 or lr <= 0 or wd < 0:
         raise ValueError(f"batch and steps must be positive, lr positive and wd non-negative; "
                          f"got batch={batch}, steps={steps}, lr={lr}, wd={wd}")
     if loss not in ("cross_entropy", "squared"):
@@ -120,8 +129,11 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float
     for step in range(steps):
         if record is not None and record_every and step % record_every == 0:
             history.append({"step": step, **record(model)})
-        index = torch.randint(0, n, (batch,), generator=generator)
-        outputs, labels = model(data.x_train[index]), data.y_train[index]
+        if batch is None:
+            outputs, labels = model(data.x_train), data.y_train
+        else:
+            index = torch.randint(0, n, (batch,), generator=generator)
+            outputs, labels = model(data.x_train[index]), data.y_train[index]
         if loss == "squared":
             objective = ((outputs - pm_one_targets(labels, outputs.shape[1])) ** 2).sum(dim=1).mean()
         else:

@@ -1,0 +1,452 @@
+r"""The canonical representation hypothesis (chapter ``canonical-representations``).
+
+One fully connected layer :math:`h_b = W h_a + \beta` of a trained network, seen through its inputs
+:math:`h_a`, its pre-activation outputs :math:`h_b`, the per-sample neuron gradients
+:math:`g_a=-\partial\ell/\partial h_a=W^\top g_b` and :math:`g_b=-\partial\ell/\partial h_b`, and the weight Grams
+:math:`Z_a=W^\top W`, :math:`Z_b=WW^\top`. This module measures the six alignments of the canonical
+representation hypothesis against two null baselines, the exact expected one-step drift of the weight Grams
+under SGD (T1), the exact power-law propagation through a linear layer (T2) and power-law exponent fits
+with bootstrap intervals (D4). Everything is float64 NumPy except :func:`layer_statistics`, which reads the
+statistics out of a torch model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("raw", "centred", "normalised")
+RELATIONS = ("a-RGA", "a-RWA", "a-GWA", "b-RGA", "b-RWA", "b-GWA")
+NULL_KINDS = ("gaussian", "rotation")
+
+
+@dataclass(frozen=True)
+class LayerStatistics:
+    r"""Per-sample rows of :math:`h_a, h_b, g_a, g_b` (each ``(N, d)``) and the weight :math:`W` (``(d_b, d_a)``),
+    all float64; ``layer`` is the index of the linear map among the model's ``nn.Linear`` modules."""
+
+    h_a: np.ndarray
+    h_b: np.ndarray
+    g_a: np.ndarray
+    g_b: np.ndarray
+    weight: np.ndarray
+    layer: int
+
+    @property
+    def z_a(self) -> np.ndarray:
+        return self.weight.T @ self.weight
+
+    @property
+    def z_b(self) -> np.ndarray:
+        return self.weight @ self.weight.T
+
+    def resampled(self, rows: np.ndarray) -> LayerStatistics:
+        """The same layer with the data rows ``rows`` (for the bootstrap)."""
+        return LayerStatistics(self.h_a[rows], self.h_b[rows], self.g_a[rows], self.g_b[rows], self.weight, self.layer)
+
+
+def linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The model's ``nn.Linear`` modules in registration order."""
+    return [module for module in model.modules() if isinstance(module, nn.Linear)]
+
+
+def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer: int) -> LayerStatistics:
+    r"""Exact per-sample statistics of the ``layer``-th ``nn.Linear`` (0-based; negative counts from the end)
+    under the cross-entropy loss :math:`\sum_i \ell(f(x_i), y_i)` (``reduction='sum'``, so each row's gradient
+    is that sample's own, not divided by :math:`N`), with the model in eval mode.
+
+    A forward pre-hook replaces the layer's input by a detached leaf that requires gradients and a forward
+    hook keeps its output; ``torch.autograd.grad`` of the summed loss then gives :math:`-g_a` and :math:`-g_b`
+    without touching the parameters' ``.grad``. The model's training mode is restored afterwards.
+    """
+    layers = linear_layers(model)
+    if not layers:
+        raise ValueError("the model has no nn.Linear layer to measure")
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer: got {layer!r}, expected an index of the model's {len(layers)} linear layers "
+                         f"(0..{len(layers) - 1}, or negative from the end)")
+    if inputs.ndim < 1 or targets.ndim != 1 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"inputs (N, ...) and targets (N,) must have the same number of rows; got "
+                         f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
+    module = layers[layer]
+    captured: dict[str, list[torch.Tensor]] = {"in": [], "out": []}
+
+    def take_input(_module, args):
+        leaf = args[0].detach().requires_grad_(True)
+        captured["in"].append(leaf)
+        return (leaf, *args[1:])
+
+    def take_output(_module, _args, output):
+        captured["out"].append(output)
+
+    was_training = model.training
+    handles = [module.register_forward_pre_hook(take_input), module.register_forward_hook(take_output)]
+    try:
+        model.eval()
+        with torch.enable_grad():
+            outputs = model(inputs)
+            if len(captured["in"]) != 1:
+                raise ValueError(f"linear layer {layer} ran {len(captured['in'])} times in one forward pass; "
+                                 "layer_statistics needs a layer applied exactly once")
+            if outputs.ndim != 2 or outputs.shape[0] != inputs.shape[0]:
+                raise ValueError(f"the model's output must be (N, classes) logits; got {tuple(outputs.shape)}")
+            loss = nn.functional.cross_entropy(outputs, targets, reduction="sum")
+            grad_a, grad_b = torch.autograd.grad(loss, [captured["in"][0], captured["out"][0]])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    h_a, h_b = captured["in"][0], captured["out"][0]
+    if h_a.ndim != 2:
+        raise ValueError(f"layer {layer} sees inputs of shape {tuple(h_a.shape)}; only (N, features) layers are "
+                         "supported (flatten sequence or spatial positions into rows first)")
+
+    def as_array(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().cpu().to(torch.float64).numpy()
+
+    return LayerStatistics(as_array(h_a), as_array(h_b), -as_array(grad_a), -as_array(grad_b),
+                           as_array(module.weight), int(layer) % len(layers))
+
+
+def second_moment(x: np.ndarray, mode: str) -> np.ndarray:
+    r"""Second-moment matrix of the rows of ``x`` (``(N, d)``), over the empirical distribution (divisor :math:`N`):
+
+    * ``raw``: :math:`\frac1N\sum_i x_ix_i^\top`;
+    * ``centred``: :math:`\frac1N\sum_i (x_i-\bar x)(x_i-\bar x)^\top`;
+    * ``normalised``: the centred moment of the unit rows :math:`x_i/\|x_i\|` (rows of norm 0 stay 0).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}, expected one of {list(MODES)}")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be (samples, features) with at least one row; got shape {x.shape}")
+    if mode == "normalised":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    if mode != "raw":
+        x = x - x.mean(axis=0)
+    return x.T @ x / x.shape[0]
+
+
+def alignment(a: np.ndarray, b: np.ndarray, centre_entries: bool = True) -> float:
+    r"""Entrywise alignment :math:`\alpha(A,B)=\langle A-\bar A,B-\bar B\rangle_F/(\|A-\bar A\|_F\|B-\bar B\|_F)`,
+    :math:`\bar A` the mean entry: the Pearson correlation of all entries (both off-diagonal copies of a
+    symmetric matrix count). With ``centre_entries=False`` it is the plain cosine :math:`\langle A,B\rangle_F/
+    (\|A\|_F\|B\|_F)`. Invariant to positive scaling of either matrix."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"alignment needs two matrices of one shape; got {a.shape} and {b.shape}")
+    if centre_entries:
+        a, b = a - a.mean(), b - b.mean()
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    if norm == 0:
+        raise ValueError("alignment of a constant matrix is undefined")
+    return float(np.sum(a * b) / norm)
+
+
+def crh_matrices(stats: LayerStatistics, mode: str) -> dict[str, np.ndarray]:
+    """``H_a, G_a, Z_a, H_b, G_b, Z_b``: the representation and gradient moments in ``mode`` and the weight Grams."""
+    return {"H_a": second_moment(stats.h_a, mode), "G_a": second_moment(stats.g_a, mode), "Z_a": stats.z_a,
+            "H_b": second_moment(stats.h_b, mode), "G_b": second_moment(stats.g_b, mode), "Z_b": stats.z_b}
+
+
+_PAIRS = {"RGA": ("H", "G"), "RWA": ("H", "Z"), "GWA": ("G", "Z")}
+
+
+def _pairs(matrices: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {relation: (matrices[f"{_PAIRS[relation[2:]][0]}_{relation[0]}"],
+                       matrices[f"{_PAIRS[relation[2:]][1]}_{relation[0]}"]) for relation in RELATIONS}
+
+
+def crh_alignments(stats: LayerStatistics, mode: str = "normalised", centre_entries: bool = True) -> dict[str, float]:
+    r"""The six CRH alignments, keyed ``a-RGA`` :math:`\alpha(H_a,G_a)`, ``a-RWA`` :math:`\alpha(H_a,Z_a)`,
+    ``a-GWA`` :math:`\alpha(G_a,Z_a)` and the same three on side ``b``."""
+    return {relation: alignment(x, y, centre_entries) for relation, (x, y) in _pairs(crh_matrices(stats, mode)).items()}
+
+
+def haar_orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-random orthogonal matrix: QR of a Gaussian matrix with the signs of R's diagonal fixed."""
+    q, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def null_alignments(stats: LayerStatistics, kind: str, draws: int = 20, seed: int = 0, mode: str = "normalised",
+                    centre_entries: bool = True) -> dict[str, np.ndarray]:
+    r"""Alignments of each relation :math:`(X, Y)` when :math:`Y` is replaced by an unrelated matrix, ``draws`` times:
+
+    * ``gaussian``: the Gram a random layer would give, :math:`W'^\top W'` (side a) or :math:`W'W'^\top` (side b)
+      with :math:`W'` a standard Gaussian matrix of :math:`W`'s shape;
+    * ``rotation``: :math:`QYQ^\top` with Haar :math:`Q`, which keeps :math:`Y`'s spectrum and randomises its
+      eigenvectors.
+    """
+    if kind not in NULL_KINDS:
+        raise ValueError(f"kind: got {kind!r}, expected one of {list(NULL_KINDS)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws: got {draws!r}, expected a positive integer")
+    rng = np.random.default_rng(seed)
+    pairs = _pairs(crh_matrices(stats, mode))
+    out = {relation: np.empty(draws) for relation in RELATIONS}
+    for k in range(draws):
+        gaussian = rng.normal(size=stats.weight.shape)
+        grams = {"a": gaussian.T @ gaussian, "b": gaussian @ gaussian.T}
+        rotations = {side: haar_orthogonal(dim, rng) for side, dim in (("a", stats.weight.shape[1]),
+                                                                        ("b", stats.weight.shape[0]))}
+        for relation, (x, y) in pairs.items():
+            side = relation[0]
+            other = grams[side] if kind == "gaussian" else rotations[side] @ y @ rotations[side].T
+            out[relation][k] = alignment(x, other, centre_entries)
+    return out
+
+
+@dataclass(frozen=True)
+class DriftTerms:
+    r"""The terms of T1 for one side (each a ``(d, d)`` matrix): ``decay`` :math:`-\eta(2\gamma-\eta\gamma^2)Z`,
+    ``cross`` :math:`\eta(1-\eta\gamma)(C+C^\top)`, ``noise`` :math:`\frac{\eta^2}{B}\mathbb E(\|g_b\|^2h_ah_a^\top)`
+    (side a) or :math:`\frac{\eta^2}{B}\mathbb E(\|h_a\|^2g_bg_b^\top)` (side b), and ``drift``
+    :math:`\eta^2(1-\frac1B)M^\top M` (resp. :math:`MM^\top`); ``total`` is their sum, :math:`\mathbb E[\Delta Z]`."""
+
+    decay: np.ndarray
+    cross: np.ndarray
+    noise: np.ndarray
+    drift: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.decay + self.cross + self.noise + self.drift
+
+    def relative_sizes(self) -> dict[str, float]:
+        r""":math:`\|T\|_F/\sum_{T'}\|T'\|_F` for each term."""
+        norms = {name: float(np.linalg.norm(getattr(self, name))) for name in ("decay", "cross", "noise", "drift")}
+        scale = sum(norms.values())
+        return {name: value / scale for name, value in norms.items()}
+
+
+def expected_drift_terms(stats: LayerStatistics, lr: float, wd: float, batch: int | None) -> dict[str, DriftTerms]:
+    r"""T1: the expected one-step change of :math:`Z_a=W^\top W` and :math:`Z_b=WW^\top` under the update
+    :math:`W\leftarrow(1-\eta\gamma)W+\eta\hat M`, :math:`\hat M=\frac1B\sum_{k\le B}g_{b,i_k}h_{a,i_k}^\top` with
+    :math:`i_1..i_B` drawn uniformly with replacement from the :math:`N` rows of ``stats`` (PyTorch's
+    ``SGD(lr=η, weight_decay=γ)`` on the mean loss of the batch). ``batch=None`` is full-batch gradient
+    descent (:math:`\hat M=M`), whose noise term is zero and whose drift is :math:`\eta^2M^\top M`.
+    Returns ``{"a": DriftTerms, "b": DriftTerms}``; expectations are means over the rows."""
+    if lr <= 0 or wd < 0:
+        raise ValueError(f"lr must be positive and wd non-negative; got lr={lr}, wd={wd}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch: got {batch!r}, expected a positive integer or None (full batch)")
+    n = stats.h_a.shape[0]
+    w, h_a, g_b = stats.weight, stats.h_a, stats.g_b
+    m = g_b.T @ h_a / n
+    decay_rate = -lr * (2 * wd - lr * wd ** 2)
+    cross_rate = lr * (1 - lr * wd)
+    c_a, c_b = w.T @ m, m @ w.T
+    if batch is None:
+        noise_a, noise_b = np.zeros_like(c_a), np.zeros_like(c_b)
+        drift_share = 1.0
+    else:
+        noise_a = (h_a * (g_b ** 2).sum(axis=1, keepdims=True)).T @ h_a / n * lr ** 2 / batch
+        noise_b = (g_b * (h_a ** 2).sum(axis=1, keepdims=True)).T @ g_b / n * lr ** 2 / batch
+        drift_share = 1 - 1 / batch
+    return {"a": DriftTerms(decay_rate * stats.z_a, cross_rate * (c_a + c_a.T), noise_a, lr ** 2 * drift_share * m.T @ m),
+            "b": DriftTerms(decay_rate * stats.z_b, cross_rate * (c_b + c_b.T), noise_b, lr ** 2 * drift_share * m @ m.T)}
+
+
+def _check_side(side: str) -> None:
+    if side not in ("a", "b"):
+        raise ValueError(f"side: got {side!r}, expected 'a' (layer input) or 'b' (layer output)")
+
+
+@dataclass(frozen=True)
+class PropagationResiduals:
+    r"""T2 on one layer: with :math:`W=\sum_i s_iu_iv_i^\top` and :math:`\lambda_i=s_i^2`, the largest
+    :math:`|u_i^\top H_bu_i-\lambda_iv_i^\top H_av_i|/\|H_b\|_2` (``representation``) and
+    :math:`|v_i^\top G_av_i-\lambda_iu_i^\top G_bu_i|/\|G_a\|_2` (``gradient``), centred moments; the slopes of
+    the fits of ``log(u_i^T H_b u_i)`` and ``log(v_i^T H_a v_i)`` on ``log λ_i`` over the same indices
+    (:math:`\lambda_i/\lambda_1\ge` ``floor`` and both quadratic forms positive)."""
+
+    representation: float
+    gradient: float
+    slope_input: float
+    slope_output: float
+    points: int
+
+    @property
+    def slope_difference(self) -> float:
+        return self.slope_output - self.slope_input
+
+
+def propagation_residuals(stats: LayerStatistics, floor: float = 1e-4) -> PropagationResiduals:
+    """T2's identities measured on a layer (see :class:`PropagationResiduals`)."""
+    h_a, h_b = second_moment(stats.h_a, "centred"), second_moment(stats.h_b, "centred")
+    g_a, g_b = second_moment(stats.g_a, "centred"), second_moment(stats.g_b, "centred")
+    u, s, vt = np.linalg.svd(stats.weight, full_matrices=False)
+    lam, v = s ** 2, vt.T
+    hb_u = np.einsum("ij,ik,kj->j", u, h_b, u)
+    ha_v = np.einsum("ij,ik,kj->j", v, h_a, v)
+    ga_v = np.einsum("ij,ik,kj->j", v, g_a, v)
+    gb_u = np.einsum("ij,ik,kj->j", u, g_b, u)
+    representation = float(np.max(np.abs(hb_u - lam * ha_v)) / np.linalg.norm(h_b, 2))
+    gradient = float(np.max(np.abs(ga_v - lam * gb_u)) / np.linalg.norm(g_a, 2))
+    keep = (lam >= floor * lam[0]) & (hb_u > 0) & (ha_v > 0)
+    if keep.sum() < 2:
+        raise ValueError("fewer than two eigen-directions above the floor: no slope to fit")
+    x = np.log(lam[keep])
+    slope_in = float(np.polyfit(x, np.log(ha_v[keep]), 1)[0])
+    slope_out = float(np.polyfit(x, np.log(hb_u[keep]), 1)[0])
+    return PropagationResiduals(representation, gradient, slope_in, slope_out, int(keep.sum()))
+
+
+def _eigenbasis(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues in decreasing order and their eigenvectors (columns) of a symmetric matrix, in float64."""
+    lam, vectors = np.linalg.eigh((gram + gram.T) / 2)
+    order = np.argsort(lam)[::-1]
+    return lam[order], vectors[:, order]
+
+
+def eigen_profile(moment: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Eigenvalues :math:`\lambda_i` of the symmetric ``gram`` in decreasing order (float64 ``eigh``) and the
+    quadratic forms :math:`v_i^\top\,\mathrm{moment}\,v_i` along its eigenvectors."""
+    moment, gram = np.asarray(moment, dtype=np.float64), np.asarray(gram, dtype=np.float64)
+    if moment.shape != gram.shape or moment.ndim != 2 or moment.shape[0] != moment.shape[1]:
+        raise ValueError(f"eigen_profile needs two square matrices of one shape; got {moment.shape} and {gram.shape}")
+    lam, vectors = _eigenbasis(gram)
+    return lam, np.einsum("ij,ik,kj->j", vectors, moment, vectors)
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """Least-squares slope and intercept of ``log q`` on ``log λ``, its 95% bootstrap interval, the points used."""
+
+    slope: float
+    intercept: float
+    low: float
+    high: float
+    points: int
+
+
+def _fit(lam: np.ndarray, forms: np.ndarray, floor: float) -> tuple[float, float, np.ndarray]:
+    keep = (lam > 0) & (lam >= floor * lam[0]) & (forms > 0)
+    if keep.sum() < 2:
+        raise ValueError("fewer than two eigen-directions above the floor: no slope to fit")
+    slope, intercept = np.polyfit(np.log(lam[keep]), np.log(forms[keep]), 1)
+    return float(slope), float(intercept), keep
+
+
+def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: float = 1e-4, boots: int = 200,
+                 seed: int = 0, mode: str = "centred") -> PowerLawFit:
+    r"""D4: the exponent :math:`\hat p` of :math:`X\approx cZ^p` (``matrix`` ``H`` or ``G`` on ``side`` a or b):
+    the least-squares slope of :math:`\log(v_i^\top Xv_i)` on :math:`\log\lambda_i(Z)` over the eigenpairs with
+    :math:`\lambda_i/\lambda_1\ge` ``floor`` (and a positive quadratic form), and the 2.5/97.5% percentiles of
+    the slope over ``boots`` resamples of the data rows (:math:`Z` is fixed by the weights)."""
+    _check_side(side)
+    if matrix not in ("H", "G"):
+        raise ValueError(f"matrix: got {matrix!r}, expected 'H' (representations) or 'G' (gradients)")
+    if not 0 < floor < 1 or isinstance(boots, bool) or not isinstance(boots, int) or boots < 2:
+        raise ValueError(f"floor must lie in (0, 1) and boots be an integer >= 2; got {floor}, {boots}")
+    rows = {"H": {"a": stats.h_a, "b": stats.h_b}, "G": {"a": stats.g_a, "b": stats.g_b}}[matrix][side]
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}, expected one of {list(MODES)}")
+    lam, vectors = _eigenbasis(stats.z_a if side == "a" else stats.z_b)
+    if mode == "normalised":  # normalising rows does not commute with the rotation: form the matrix
+        source = rows
+
+        def forms(sample: np.ndarray) -> np.ndarray:
+            return np.einsum("ij,ik,kj->j", vectors, second_moment(sample, mode), vectors)
+    else:  # v_i^T X v_i is the second moment of the i-th rotated coordinate
+        source = rows @ vectors
+
+        def forms(sample: np.ndarray) -> np.ndarray:
+            centred = sample - sample.mean(axis=0) if mode == "centred" else sample
+            return np.mean(centred ** 2, axis=0)
+
+    slope, intercept, keep = _fit(lam, forms(source), floor)
+    rng = np.random.default_rng(seed)
+    n = source.shape[0]
+    slopes = np.empty(boots)
+    for k in range(boots):
+        values = forms(source[rng.integers(0, n, n)])
+        use = keep & (values > 0)
+        slopes[k] = np.polyfit(np.log(lam[use]), np.log(values[use]), 1)[0]
+    low, high = np.percentile(slopes, [2.5, 97.5])
+    return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()))
+
+
+
+@dataclass
+class AlignmentRun:
+    """One training run measured at one layer: the trained ``model``; a ``history`` of
+    ``{"step", "alignments" (the six, normalised), "weight_norm"}`` every ``log_every`` steps and at the end;
+    and ``mean_drift``, T1's terms averaged over the records from ``drift_from`` on (``None`` if not asked)."""
+
+    model: nn.Module
+    layer: int
+    history: list[dict]
+    mean_drift: dict[str, DriftTerms] | None
+
+    def mean_alignment(self, step: int | None = None) -> float:
+        """Mean of the six normalised alignments at the record of ``step`` (the last record by default)."""
+        records = [r for r in self.history if step is None or r["step"] == step]
+        if not records:
+            raise ValueError(f"no record at step {step}; recorded steps: {[r['step'] for r in self.history]}")
+        return float(np.mean(list(records[-1]["alignments"].values())))
+
+    def weight_norm_change(self, window: float = 0.1) -> float:
+        r""":math:`|\,\|W_T\|_F-\|W_{T-w}\|_F|/\|W_T\|_F` over the last ``window`` fraction of the steps (nearest record)."""
+        steps = np.array([r["step"] for r in self.history])
+        earlier = self.history[int(np.argmin(np.abs(steps - steps[-1] * (1 - window))))]["weight_norm"]
+        return abs(self.history[-1]["weight_norm"] - earlier) / self.history[-1]["weight_norm"]
+
+
+def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, steps: int, layer: int,
+                  log_every: int, seed: int = 0, activation: str = "relu", drift_from: int | None = None,
+                  drift_every: int | None = None, device: str | torch.device = "cpu") -> AlignmentRun:
+    r"""Train ``training.mlp(widths, activation=...)`` (initialised after ``torch.manual_seed(seed)``) with
+    :func:`theorylab.training.train_sgd` (``batch=None``: full-batch gradient descent) on ``split``'s training
+    set, measuring :func:`crh_alignments` (normalised moments) and :math:`\|W\|_F` of linear layer ``layer``
+    on the whole training set every ``log_every`` steps and at the end. With ``drift_from``, T1's terms are
+    also evaluated every ``drift_every`` steps (a divisor of ``log_every``; default ``log_every``) from that step
+    on and averaged: under SGD the expected drift at one iterate is dominated by the fluctuating cross term,
+    and stationarity can only hold as a time average."""
+    from . import training
+
+    drift_every = log_every if drift_every is None else drift_every
+    for name, value in (("log_every", log_every), ("drift_every", drift_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: got {value!r}, expected a positive integer")
+    if log_every % drift_every:
+        raise ValueError(f"drift_every ({drift_every}) must divide log_every ({log_every})")
+    torch.manual_seed(seed)
+    model = training.mlp(widths, activation=activation).to(device)
+    n_linear = len(linear_layers(model))
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_linear <= layer < n_linear:
+        raise ValueError(f"layer: got {layer!r}, the network has {n_linear} linear layers")
+    data = type(split)(*(tensor.to(device) for tensor in (split.x_train, split.y_train, split.x_test, split.y_test)))
+    every = drift_every if drift_from is not None else log_every
+    drift_sum: dict[str, list[np.ndarray]] = {}
+    counts = {"calls": 0, "drift": 0}
+
+    def record(current: nn.Module) -> dict:
+        step = min(counts["calls"] * every, steps)  # train_sgd calls this every `every` steps and at the end
+        counts["calls"] += 1
+        measure = step % log_every == 0 or step == steps
+        wants_drift = drift_from is not None and step >= drift_from
+        if not (measure or wants_drift):
+            return {}
+        stats = layer_statistics(current, data.x_train, data.y_train, layer)
+        if wants_drift:
+            for side, terms in expected_drift_terms(stats, lr, wd, batch).items():
+                parts = [terms.decay, terms.cross, terms.noise, terms.drift]
+                drift_sum[side] = parts if side not in drift_sum else [
+                    total + part for total, part in zip(drift_sum[side], parts, strict=True)]
+            counts["drift"] += 1
+        if not measure:
+            return {}
+        return {"alignments": crh_alignments(stats), "weight_norm": float(np.linalg.norm(stats.weight))}
+
+    result = training.train_sgd(model, data, batch=batch, lr=lr, wd=wd, steps=steps, seed=seed,
+                                record_every=every, record=record)
+    mean_drift = None
+    if counts["drift"]:
+        mean_drift = {side: DriftTerms(*(part / counts["drift"] for part in parts)) for side, parts in drift_sum.items()}
+    history = [entry for entry in result.history if "alignments" in entry]
+    return AlignmentRun(model.cpu(), int(layer) % n_linear, history, mean_drift)

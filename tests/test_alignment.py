@@ -1,0 +1,316 @@
+"""Unit tests of theorylab.alignment against independent oracles: NumPy's moments and correlations,
+constructed layers whose alignments are known, autograd on single samples, and brute-force enumeration of
+every SGD batch (T1)."""
+import copy
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from theorylab import alignment as al
+from theorylab import data, training
+
+
+def small_model(seed=0, widths=(6, 5, 4, 3)):
+    torch.manual_seed(seed)
+    return training.mlp(list(widths)).double()
+
+
+def small_data(n=5, seed=1, dim=6, classes=3):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, dim, generator=generator, dtype=torch.float64),
+            torch.randint(0, classes, (n,), generator=generator))
+
+
+def constructed_stats(h_a, g_b, weight, bias=None):
+    """Statistics of a layer given its inputs and output gradients, with the exact linear relations."""
+    bias = np.zeros(weight.shape[0]) if bias is None else bias
+    return al.LayerStatistics(h_a, h_a @ weight.T + bias, g_b @ weight, g_b, weight, 0)
+
+
+def test_alignment_is_the_pearson_correlation_of_the_entries_and_the_cosine_without_centring():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 7)), rng.normal(size=(7, 7))
+    assert al.alignment(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1], abs=1e-12)
+    cosine = np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b)
+    assert al.alignment(a, b, centre_entries=False) == pytest.approx(cosine, abs=1e-12)
+    assert al.alignment(a, 3.0 * a + 2.0) == pytest.approx(1.0)
+    assert al.alignment(a, -a) == pytest.approx(-1.0)
+    assert al.alignment(2.5 * a, b) == pytest.approx(al.alignment(a, b))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: al.alignment(np.eye(3), np.eye(4)), "one shape"),
+    (lambda: al.alignment(np.ones((3, 3)), np.eye(3)), "constant"),
+    (lambda: al.second_moment(np.ones((4, 3)), "whitened"), "mode"),
+    (lambda: al.second_moment(np.ones(4), "raw"), "samples, features"),
+])
+def test_bad_matrices_and_modes_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_second_moments_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4)) + 3.0
+    assert np.allclose(al.second_moment(x, "raw"), x.T @ x / 50)
+    assert np.allclose(al.second_moment(x, "centred"), np.cov(x.T, bias=True))
+    units = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(al.second_moment(x, "normalised"), np.cov(units.T, bias=True))
+    scaled = x * rng.uniform(0.1, 10.0, size=(50, 1))  # normalising forgets each row's length
+    assert np.allclose(al.second_moment(scaled, "normalised"), al.second_moment(x, "normalised"))
+
+
+def test_all_six_alignments_are_one_for_an_isotropic_layer():
+    # W has orthonormal rows times 2: Z_b = 4I and every moment below is a multiple of Z.
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(6, 4)))
+    weight = 2.0 * q.T
+    stats = constructed_stats(h_a=weight.copy(), g_b=np.eye(4), weight=weight)  # raw H_a = G_a = Z_a / 4
+    alignments = al.crh_alignments(stats, mode="raw")
+    assert alignments == pytest.approx(dict.fromkeys(al.RELATIONS, 1.0), abs=1e-12)
+
+
+def test_alignments_equal_their_closed_forms_on_a_generic_layer():
+    rng = np.random.default_rng(3)
+    weight = rng.normal(size=(4, 6))
+    z_a, z_b = weight.T @ weight, weight @ weight.T
+    stats = constructed_stats(h_a=weight.copy(), g_b=np.eye(4), weight=weight)
+    values = al.crh_alignments(stats, mode="raw")
+    assert values["a-RWA"] == pytest.approx(1.0) and values["a-GWA"] == pytest.approx(1.0)
+    # raw H_b = W W^T W W^T / 4 = Z_b^2 / 4 and raw G_b = I / 4
+    assert values["b-RWA"] == pytest.approx(al.alignment(z_b @ z_b, z_b))
+    assert values["b-GWA"] == pytest.approx(al.alignment(np.eye(4), z_b))
+    assert values["b-RGA"] == pytest.approx(al.alignment(z_b @ z_b, np.eye(4)))
+    assert z_a.shape == (6, 6)
+
+
+def test_rotation_null_keeps_the_spectrum_and_is_one_for_isotropic_matrices():
+    q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(6, 4)))
+    weight = 2.0 * q.T
+    stats = constructed_stats(h_a=weight.copy(), g_b=np.eye(4), weight=weight)
+    nulls = al.null_alignments(stats, "rotation", draws=5, seed=0, mode="raw")
+    assert np.allclose(nulls["b-RGA"], 1.0)  # Q I Q^T = I
+    rng = np.random.default_rng(5)
+    rotation = al.haar_orthogonal(5, rng)
+    assert np.allclose(rotation @ rotation.T, np.eye(5))
+    sym = rng.normal(size=(5, 5))
+    sym = sym + sym.T
+    assert np.allclose(np.linalg.eigvalsh(rotation @ sym @ rotation.T), np.linalg.eigvalsh(sym))
+
+
+def test_nulls_are_reproducible_and_small_for_a_rank_one_layer():
+    rng = np.random.default_rng(6)
+    weight = rng.normal(size=(30, 30))
+    stats = constructed_stats(rng.normal(size=(400, 30)), rng.normal(size=(400, 30)), weight)
+    first = al.null_alignments(stats, "gaussian", draws=10, seed=3)
+    again = al.null_alignments(stats, "gaussian", draws=10, seed=3)
+    assert all(np.array_equal(first[k], again[k]) for k in al.RELATIONS)
+    assert set(first) == set(al.RELATIONS) and all(v.shape == (10,) for v in first.values())
+    # a random rank-one layer: its rotated Grams share no direction with the data, so the nulls are small
+    rank_one = np.outer(rng.normal(size=30), rng.normal(size=30))
+    spiked = constructed_stats(rng.normal(size=(400, 30)) @ rank_one.T, rng.normal(size=(400, 30)), rank_one)
+    rotation = al.null_alignments(spiked, "rotation", draws=10, seed=3, mode="raw")
+    assert max(np.abs(rotation[k]).max() for k in ("a-RWA", "b-RWA")) < 0.3
+    with pytest.raises(ValueError, match="kind"):
+        al.null_alignments(stats, "shuffle")
+    with pytest.raises(ValueError, match="draws"):
+        al.null_alignments(stats, "gaussian", draws=0)
+
+
+def test_layer_statistics_are_the_exact_per_sample_gradients():
+    model = small_model()
+    x, y = small_data(n=7)
+    stats = al.layer_statistics(model, x, y, layer=1)
+    linear = al.linear_layers(model)[1]
+    w = linear.weight.detach().numpy()
+    assert np.allclose(stats.g_a, stats.g_b @ w, atol=1e-13)  # g_a = W^T g_b, row by row
+    assert np.allclose(stats.h_b, stats.h_a @ w.T + linear.bias.detach().numpy(), atol=1e-13)
+    for i in range(7):  # oracle: autograd of sample i's own loss with respect to the layer's output
+        store: dict = {}
+        handle = linear.register_forward_hook(lambda _m, _a, out, store=store: store.setdefault("out", out))
+        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        handle.remove()
+        (grad,) = torch.autograd.grad(loss, store["out"])
+        assert np.allclose(stats.g_b[i], -grad[0].numpy(), atol=1e-13)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training  # mode restored
+    assert al.layer_statistics(model, x, y, layer=-1).layer == 2
+
+
+@pytest.mark.parametrize("layer, message", [(3, "index of the model's 3 linear"), (-4, "linear layers"),
+                                            (1.0, "layer"), (True, "layer")])
+def test_bad_layers_are_refused(layer, message):
+    x, y = small_data()
+    with pytest.raises(ValueError, match=message):
+        al.layer_statistics(small_model(), x, y, layer)
+
+
+def test_models_and_shapes_without_what_is_needed_are_refused():
+    x, y = small_data()
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        al.layer_statistics(nn.Sequential(nn.ReLU()), x, y, 0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        al.layer_statistics(small_model(), x, y[:3], 0)
+    shared = nn.Linear(6, 6).double()
+    with pytest.raises(ValueError, match="ran 2 times"):
+        al.layer_statistics(nn.Sequential(shared, nn.ReLU(), shared), x, y, 0)
+    with pytest.raises(RuntimeError):  # a width mismatch is torch's own error, raised before any statistic
+        al.layer_statistics(small_model(), torch.zeros(5, 9, dtype=torch.float64), y, 0)
+
+
+def brute_force_expected_change(model, x, y, layer, lr, wd, batch):
+    """Mean of Z's change over every ordered batch of ``batch`` indices, each one a real torch SGD step."""
+    changes = {"a": [], "b": []}
+    for index in itertools.product(range(len(y)), repeat=batch):
+        copy_ = copy.deepcopy(model)
+        weight = al.linear_layers(copy_)[layer].weight
+        before = weight.detach().clone()
+        optimizer = torch.optim.SGD(copy_.parameters(), lr=lr, weight_decay=wd)
+        loss = nn.functional.cross_entropy(copy_(x[list(index)]), y[list(index)])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        after = weight.detach()
+        changes["a"].append((after.T @ after - before.T @ before).numpy())
+        changes["b"].append((after @ after.T - before @ before.T).numpy())
+    return {side: np.mean(values, axis=0) for side, values in changes.items()}
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_t1_drift_equals_the_mean_over_every_batch_of_real_sgd_steps(layer):
+    model = small_model(seed=layer)
+    x, y = small_data(n=5, seed=layer + 10)
+    lr, wd, batch = 0.3, 0.05, 2
+    expected = al.expected_drift_terms(al.layer_statistics(model, x, y, layer), lr, wd, batch)
+    brute = brute_force_expected_change(model, x, y, layer, lr, wd, batch)
+    for side in "ab":
+        assert np.max(np.abs(expected[side].total - brute[side])) < 1e-10
+
+
+def test_t1_full_batch_is_one_gradient_descent_step_with_no_noise_term():
+    model = small_model(seed=4)
+    x, y = small_data(n=6, seed=4)
+    stats = al.layer_statistics(model, x, y, 1)
+    terms = al.expected_drift_terms(stats, lr=0.2, wd=0.1, batch=None)
+    gd = copy.deepcopy(model)
+    weight = al.linear_layers(gd)[1].weight
+    before = weight.detach().clone()
+    result = training.train_sgd(gd, data.Split(x, y, x[:0], y[:0]), batch=None, lr=0.2, wd=0.1, steps=1)
+    after = weight.detach()
+    assert result.steps == 1
+    assert np.max(np.abs(terms["a"].total - (after.T @ after - before.T @ before).numpy())) < 1e-12
+    assert np.max(np.abs(terms["b"].total - (after @ after.T - before @ before.T).numpy())) < 1e-12
+    assert not terms["a"].noise.any() and not terms["b"].noise.any()
+
+
+def test_t1_terms_have_their_stated_forms():
+    rng = np.random.default_rng(7)
+    weight, h_a, g_b = rng.normal(size=(3, 4)), rng.normal(size=(9, 4)), rng.normal(size=(9, 3))
+    stats = constructed_stats(h_a, g_b, weight)
+    lr, wd, batch = 0.1, 0.2, 4
+    terms = al.expected_drift_terms(stats, lr, wd, batch)["a"]
+    m = sum(np.outer(g, h) for g, h in zip(g_b, h_a, strict=True)) / 9
+    assert np.allclose(terms.decay, -lr * (2 * wd - lr * wd ** 2) * weight.T @ weight)
+    assert np.allclose(terms.cross, lr * (1 - lr * wd) * (weight.T @ m + m.T @ weight))
+    assert np.allclose(terms.noise, lr ** 2 / batch * sum(g @ g * np.outer(h, h) for g, h in zip(g_b, h_a, strict=True)) / 9)
+    assert np.allclose(terms.drift, lr ** 2 * (1 - 1 / batch) * m.T @ m)
+    assert sum(terms.relative_sizes().values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="batch"):
+        al.expected_drift_terms(stats, lr, wd, 0)
+    with pytest.raises(ValueError, match="lr"):
+        al.expected_drift_terms(stats, -1.0, wd, 2)
+
+
+def test_t2_propagation_is_exact_for_an_exact_linear_layer():
+    rng = np.random.default_rng(8)
+    weight = rng.normal(size=(5, 7))
+    h_a = rng.normal(size=(300, 7)) @ rng.normal(size=(7, 7))
+    stats = constructed_stats(h_a, rng.normal(size=(300, 5)), weight, bias=rng.normal(size=5))
+    residuals = al.propagation_residuals(stats)
+    assert residuals.representation < 1e-12 and residuals.gradient < 1e-12
+    assert residuals.slope_difference == pytest.approx(1.0, abs=1e-9)
+    assert residuals.points == 5
+
+
+def test_eigen_profile_of_a_matrix_power_is_the_power_of_the_eigenvalues():
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(6, 6))
+    z = w.T @ w
+    lam, forms = al.eigen_profile(np.linalg.matrix_power(z, 2), z)
+    assert np.all(np.diff(lam) <= 0)
+    assert np.allclose(forms, lam ** 2)
+
+
+def test_pah_exponent_recovers_a_planted_power_law_inside_its_interval():
+    rng = np.random.default_rng(10)
+    weight = rng.normal(size=(8, 8)) @ np.diag(np.geomspace(1.0, 0.05, 8))
+    lam, vectors = np.linalg.eigh(weight.T @ weight)
+    root = vectors @ np.diag(lam ** 1.0) @ vectors.T  # H_a = Z_a^2 (covariance of h_a = root^2)
+    h_a = rng.normal(size=(20_000, 8)) @ root
+    stats = constructed_stats(h_a, rng.normal(size=(20_000, 8)), weight)
+    fit = al.pah_exponent(stats, "a", boots=50, seed=0)
+    assert fit.low <= 2.0 <= fit.high and fit.high - fit.low < 0.1
+    output = al.pah_exponent(stats, "b", boots=50, seed=0)  # T2: H_b = Z_b^3
+    assert output.low <= 3.0 <= output.high
+    assert al.pah_exponent(stats, "a", boots=50, seed=0) == fit  # same seed, same interval
+    with pytest.raises(ValueError, match="side"):
+        al.pah_exponent(stats, "c")
+    with pytest.raises(ValueError, match="matrix"):
+        al.pah_exponent(stats, "a", matrix="Z")
+
+
+def test_full_batch_training_and_tanh_networks():
+    model = training.mlp([4, 3, 2], activation="tanh")
+    assert isinstance(model[1], nn.Tanh)
+    with pytest.raises(ValueError, match="activation"):
+        training.mlp([4, 3, 2], activation="gelu")
+    with pytest.raises(ValueError, match="batch"):
+        training.train_sgd(model, data.Split(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long),
+                                             torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)),
+                           batch=2.0, lr=0.1, wd=0.0, steps=1)
+
+
+def test_digits_in_the_unit_interval_with_every_sample():
+    split = data.digits(1797, standardize=False, unit_interval=True)
+    assert split.x_train.shape == (1797, 64) and split.x_test.shape == (0, 64)
+    assert float(split.x_train.min()) == 0.0 and float(split.x_train.max()) == 1.0
+    with pytest.raises(ValueError, match="exclude"):
+        data.digits(unit_interval=True)
+    with pytest.raises(ValueError, match="n_train"):
+        data.digits(1798)
+
+
+def test_run_alignment_logs_every_k_steps_and_averages_the_drift():
+    split = data.digits(200, standardize=False, unit_interval=True)
+    run = al.run_alignment(split, widths=[64, 16, 16, 10], lr=0.05, wd=1e-3, batch=8, steps=60, layer=1,
+                           log_every=20, drift_from=40, drift_every=10)
+    assert [entry["step"] for entry in run.history] == [0, 20, 40, 60]
+    assert set(run.history[-1]["alignments"]) == set(al.RELATIONS)
+    final = al.layer_statistics(run.model, split.x_train, split.y_train, 1)
+    assert run.history[-1]["alignments"] == al.crh_alignments(final)
+    assert run.mean_drift["a"].decay.shape == (16, 16) and run.mean_drift["b"].noise.shape == (16, 16)
+    again = al.run_alignment(split, widths=[64, 16, 16, 10], lr=0.05, wd=1e-3, batch=8, steps=60, layer=1,
+                             log_every=20)
+    assert again.mean_drift is None and again.history[-1]["alignments"] == run.history[-1]["alignments"]
+    assert run.mean_alignment(20) == pytest.approx(np.mean(list(run.history[1]["alignments"].values())))
+    with pytest.raises(ValueError, match="divide"):
+        al.run_alignment(split, widths=[64, 10], lr=0.1, wd=0.0, batch=8, steps=10, layer=0, log_every=5,
+                         drift_from=0, drift_every=3)
+    with pytest.raises(ValueError, match="layer"):
+        al.run_alignment(split, widths=[64, 10], lr=0.1, wd=0.0, batch=8, steps=10, layer=1, log_every=5)
+
+
+def test_gaussian_mixture_has_balanced_labels_and_the_stated_scales():
+    split = data.gaussian_mixture(20_000, 64, 10, separation=2.0, seed=0)
+    assert split.x_train.shape == (20_000, 64) and split.x_test.shape == (0, 64)
+    assert np.bincount(split.y_train.numpy()).tolist() == [2000] * 10
+    x, y = split.x_train.double().numpy(), split.y_train.numpy()
+    means = np.array([x[y == k].mean(axis=0) for k in range(10)])
+    noise = x - means[y]
+    assert np.mean(np.sum(noise ** 2, axis=1)) == pytest.approx(1.0, rel=0.02)  # unit total noise variance
+    assert np.mean(np.linalg.norm(means, axis=1)) == pytest.approx(2.0, rel=0.2)
+    assert np.array_equal(data.gaussian_mixture(50, 4, 3, seed=1).x_train, data.gaussian_mixture(50, 4, 3, seed=1).x_train)
+    with pytest.raises(ValueError, match="n_classes"):
+        data.gaussian_mixture(10, 4, 1)

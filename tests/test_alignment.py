@@ -314,3 +314,73 @@ def test_gaussian_mixture_has_balanced_labels_and_the_stated_scales():
     assert np.array_equal(data.gaussian_mixture(50, 4, 3, seed=1).x_train, data.gaussian_mixture(50, 4, 3, seed=1).x_train)
     with pytest.raises(ValueError, match="n_classes"):
         data.gaussian_mixture(10, 4, 1)
+
+
+def test_small_cnn_with_a_two_layer_head_is_measured_at_its_fully_connected_layers():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    torch.manual_seed(0)
+    default = training.small_cnn(8)  # the rank chapter's network: same modules, same initialisation
+    assert all(torch.equal(p, q) for p, q in zip(default.parameters(), reference.parameters(), strict=True))
+    model = training.small_cnn(8, n_classes=3, head=(6,)).double()
+    x = torch.randn(10, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(10) % 3
+    penultimate = al.layer_statistics(model, x, y, 0)
+    assert penultimate.weight.shape == (6, 8) and penultimate.h_a.shape == (10, 8)
+    assert np.allclose(penultimate.g_a, penultimate.g_b @ penultimate.weight)
+
+
+def test_sequence_models_give_one_row_per_position():
+    from theorylab import tinylm
+
+    torch.manual_seed(0)
+    model = tinylm.TinyTransformer(vocab=7, width=8, layers=1, heads=2, max_len=16).double()
+    tokens = torch.randint(0, 7, (4, 9))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    linear1 = model.blocks.layers[0].linear1
+    index = al.linear_layers(model).index(linear1)
+    stats = al.layer_statistics(model, inputs, targets, index)
+    assert stats.rows_per_sample == 8 and stats.h_a.shape == (32, 8) and stats.g_b.shape == (32, 32)
+    assert np.allclose(stats.g_a, stats.g_b @ stats.weight, atol=1e-12)
+    store: dict = {}
+    handle = linear1.register_forward_hook(lambda _m, _a, out: store.setdefault("out", out))
+    model.eval()
+    loss = nn.functional.cross_entropy(model(inputs[1:2]).reshape(-1, 7), targets[1:2].reshape(-1), reduction="sum")
+    handle.remove()
+    model.train()
+    (grad,) = torch.autograd.grad(loss, store["out"])  # sample 1's own loss, at each of its positions
+    assert np.allclose(stats.g_b[8:16], -grad[0].numpy(), atol=1e-12)
+    assert al.propagation_residuals(stats).representation < 1e-12
+    assert np.array_equal(stats.sample_rows(np.array([2, 0])), np.r_[16:24, 0:8])
+    with pytest.raises(ValueError, match="one row per sample"):
+        al.expected_drift_terms(stats, 0.1, 0.0, 2)
+    fit = al.pah_exponent(stats, "a", boots=20)
+    assert fit.low <= fit.slope <= fit.high
+    attention_output = model.blocks.layers[0].self_attn.out_proj  # used through its weight, never called
+    with pytest.raises(ValueError, match="ran 0 times"):
+        al.layer_statistics(model, inputs, targets, al.linear_layers(model).index(attention_output))
+    with pytest.raises(ValueError, match="class dimension"):
+        al.layer_statistics(model, inputs, targets[:, :3], index)
+
+
+def test_realized_drift_is_the_mean_change_of_the_grams_and_a_given_model_trains():
+    split = data.digits(200, standardize=False, unit_interval=True)
+    torch.manual_seed(1)
+    model = training.mlp([64, 12, 10])
+    run = al.run_alignment(split, model=model, lr=0.05, wd=1e-3, batch=8, steps=40, layer=0, log_every=20,
+                           drift_from=20, drift_every=10)
+    assert run.model is model
+    first = run.history[1]  # step 20
+    assert first["step"] == 20
+    weight = model[0].weight.detach().double().numpy()
+    z_end = weight.T @ weight
+    assert run.realized_drift["a"].shape == (64, 64)
+    torch.manual_seed(1)
+    shorter = al.run_alignment(split, model=training.mlp([64, 12, 10]), lr=0.05, wd=1e-3, batch=8, steps=20,
+                               layer=0, log_every=20)  # the same first 20 steps (same seed, same batches)
+    w_20 = shorter.model[0].weight.detach().double().numpy()
+    assert np.allclose(z_end - 20 * run.realized_drift["a"], w_20.T @ w_20, atol=1e-5)
+    with pytest.raises(ValueError, match="exactly one"):
+        al.run_alignment(split, widths=[64, 10], model=model, lr=0.1, wd=0.0, batch=8, steps=10, layer=0,
+                         log_every=5)

@@ -24,8 +24,10 @@ NULL_KINDS = ("gaussian", "rotation")
 
 @dataclass(frozen=True)
 class LayerStatistics:
-    r"""Per-sample rows of :math:`h_a, h_b, g_a, g_b` (each ``(N, d)``) and the weight :math:`W` (``(d_b, d_a)``),
-    all float64; ``layer`` is the index of the linear map among the model's ``nn.Linear`` modules."""
+    r"""Rows of :math:`h_a, h_b, g_a, g_b` (each ``(R, d)``) and the weight :math:`W` (``(d_b, d_a)``), all float64;
+    ``layer`` is the index of the linear map among the model's ``nn.Linear`` modules. A row is a sample, or, for
+    a layer applied at every position of a sequence (``rows_per_sample`` > 1), one position of a sample:
+    rows ``k*rows_per_sample .. (k+1)*rows_per_sample - 1`` belong to sample ``k``."""
 
     h_a: np.ndarray
     h_b: np.ndarray
@@ -33,6 +35,7 @@ class LayerStatistics:
     g_b: np.ndarray
     weight: np.ndarray
     layer: int
+    rows_per_sample: int = 1
 
     @property
     def z_a(self) -> np.ndarray:
@@ -42,9 +45,14 @@ class LayerStatistics:
     def z_b(self) -> np.ndarray:
         return self.weight @ self.weight.T
 
-    def resampled(self, rows: np.ndarray) -> LayerStatistics:
-        """The same layer with the data rows ``rows`` (for the bootstrap)."""
-        return LayerStatistics(self.h_a[rows], self.h_b[rows], self.g_a[rows], self.g_b[rows], self.weight, self.layer)
+    def sample_rows(self, samples: np.ndarray) -> np.ndarray:
+        """The row indices of the given samples, in order (for a bootstrap over samples, not positions)."""
+        samples = np.asarray(samples)
+        return (samples[:, None] * self.rows_per_sample + np.arange(self.rows_per_sample)).ravel()
+
+    @property
+    def n_samples(self) -> int:
+        return self.h_a.shape[0] // self.rows_per_sample
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -57,9 +65,13 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     under the cross-entropy loss :math:`\sum_i \ell(f(x_i), y_i)` (``reduction='sum'``, so each row's gradient
     is that sample's own, not divided by :math:`N`), with the model in eval mode.
 
-    A forward pre-hook replaces the layer's input by a detached leaf that requires gradients and a forward
-    hook keeps its output; ``torch.autograd.grad`` of the summed loss then gives :math:`-g_a` and :math:`-g_b`
-    without touching the parameters' ``.grad``. The model's training mode is restored afterwards.
+    The model maps ``inputs`` (``N`` first) to logits ``(N, C)``, or ``(N, T, C)`` for a sequence model with
+    ``targets`` ``(N, T)`` (the loss then sums over every position). A linear layer applied at every position
+    sees ``(N, T, d)``; its rows are then the ``N*T`` positions (``rows_per_sample = T``), and the gradient of a
+    row is the summed loss's gradient at that position. A forward pre-hook replaces the layer's input by a
+    detached leaf that requires gradients and a forward hook keeps its output; ``torch.autograd.grad`` then
+    gives :math:`-g_a` and :math:`-g_b` without touching the parameters' ``.grad``. The model's training mode
+    is restored afterwards.
     """
     layers = linear_layers(model)
     if not layers:
@@ -67,8 +79,8 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer: got {layer!r}, expected an index of the model's {len(layers)} linear layers "
                          f"(0..{len(layers) - 1}, or negative from the end)")
-    if inputs.ndim < 1 or targets.ndim != 1 or inputs.shape[0] != targets.shape[0]:
-        raise ValueError(f"inputs (N, ...) and targets (N,) must have the same number of rows; got "
+    if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"inputs (N, ...) and targets (N, ...) must have the same number of rows; got "
                          f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
     module = layers[layer]
     captured: dict[str, list[torch.Tensor]] = {"in": [], "out": []}
@@ -89,25 +101,30 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
             outputs = model(inputs)
             if len(captured["in"]) != 1:
                 raise ValueError(f"linear layer {layer} ran {len(captured['in'])} times in one forward pass; "
-                                 "layer_statistics needs a layer applied exactly once")
-            if outputs.ndim != 2 or outputs.shape[0] != inputs.shape[0]:
-                raise ValueError(f"the model's output must be (N, classes) logits; got {tuple(outputs.shape)}")
-            loss = nn.functional.cross_entropy(outputs, targets, reduction="sum")
+                                 "layer_statistics needs a layer whose module is called exactly once (attention "
+                                 "projections used through their weights are never called)")
+            if outputs.shape[:-1] != targets.shape:
+                raise ValueError(f"the model's logits {tuple(outputs.shape)} must be the targets' shape "
+                                 f"{tuple(targets.shape)} plus a class dimension")
+            loss = nn.functional.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1),
+                                               reduction="sum")
             grad_a, grad_b = torch.autograd.grad(loss, [captured["in"][0], captured["out"][0]])
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     h_a, h_b = captured["in"][0], captured["out"][0]
-    if h_a.ndim != 2:
-        raise ValueError(f"layer {layer} sees inputs of shape {tuple(h_a.shape)}; only (N, features) layers are "
-                         "supported (flatten sequence or spatial positions into rows first)")
+    if h_a.shape[0] != inputs.shape[0] or h_a.ndim > 3:
+        raise ValueError(f"layer {layer} sees inputs of shape {tuple(h_a.shape)}; expected (N, d) or (N, T, d) "
+                         f"with N = {inputs.shape[0]}")
+    rows_per_sample = h_a.shape[1] if h_a.ndim == 3 else 1
 
-    def as_array(tensor: torch.Tensor) -> np.ndarray:
-        return tensor.detach().cpu().to(torch.float64).numpy()
+    def as_rows(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().cpu().to(torch.float64).reshape(-1, tensor.shape[-1]).numpy()
 
-    return LayerStatistics(as_array(h_a), as_array(h_b), -as_array(grad_a), -as_array(grad_b),
-                           as_array(module.weight), int(layer) % len(layers))
+    return LayerStatistics(as_rows(h_a), as_rows(h_b), -as_rows(grad_a), -as_rows(grad_b),
+                           module.weight.detach().cpu().to(torch.float64).numpy(), int(layer) % len(layers),
+                           rows_per_sample)
 
 
 def second_moment(x: np.ndarray, mode: str) -> np.ndarray:
@@ -234,6 +251,9 @@ def expected_drift_terms(stats: LayerStatistics, lr: float, wd: float, batch: in
         raise ValueError(f"lr must be positive and wd non-negative; got lr={lr}, wd={wd}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"batch: got {batch!r}, expected a positive integer or None (full batch)")
+    if stats.rows_per_sample != 1:
+        raise ValueError("T1 needs one row per sample: a sequence sample's weight gradient sums over its "
+                         f"{stats.rows_per_sample} positions, so its per-sample terms are not per-row terms")
     n = stats.h_a.shape[0]
     w, h_a, g_b = stats.weight, stats.h_a, stats.g_b
     m = g_b.T @ h_a / n
@@ -337,7 +357,8 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
     r"""D4: the exponent :math:`\hat p` of :math:`X\approx cZ^p` (``matrix`` ``H`` or ``G`` on ``side`` a or b):
     the least-squares slope of :math:`\log(v_i^\top Xv_i)` on :math:`\log\lambda_i(Z)` over the eigenpairs with
     :math:`\lambda_i/\lambda_1\ge` ``floor`` (and a positive quadratic form), and the 2.5/97.5% percentiles of
-    the slope over ``boots`` resamples of the data rows (:math:`Z` is fixed by the weights)."""
+    the slope over ``boots`` resamples of the samples (all positions of a resampled sequence come along;
+    :math:`Z` is fixed by the weights)."""
     _check_side(side)
     if matrix not in ("H", "G"):
         raise ValueError(f"matrix: got {matrix!r}, expected 'H' (representations) or 'G' (gradients)")
@@ -361,10 +382,10 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
 
     slope, intercept, keep = _fit(lam, forms(source), floor)
     rng = np.random.default_rng(seed)
-    n = source.shape[0]
+    n = stats.n_samples
     slopes = np.empty(boots)
     for k in range(boots):
-        values = forms(source[rng.integers(0, n, n)])
+        values = forms(source[stats.sample_rows(rng.integers(0, n, n))])
         use = keep & (values > 0)
         slopes[k] = np.polyfit(np.log(lam[use]), np.log(values[use]), 1)[0]
     low, high = np.percentile(slopes, [2.5, 97.5])
@@ -376,12 +397,14 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
 class AlignmentRun:
     """One training run measured at one layer: the trained ``model``; a ``history`` of
     ``{"step", "alignments" (the six, normalised), "weight_norm"}`` every ``log_every`` steps and at the end;
-    and ``mean_drift``, T1's terms averaged over the records from ``drift_from`` on (``None`` if not asked)."""
+    ``mean_drift``, T1's terms averaged over the records from ``drift_from`` on, and ``realized_drift``, the
+    actual mean change per step of :math:`Z_a` and :math:`Z_b` over the same stretch (both ``None`` if not asked)."""
 
     model: nn.Module
     layer: int
     history: list[dict]
     mean_drift: dict[str, DriftTerms] | None
+    realized_drift: dict[str, np.ndarray] | None = None
 
     def mean_alignment(self, step: int | None = None) -> float:
         """Mean of the six normalised alignments at the record of ``step`` (the last record by default)."""
@@ -397,10 +420,12 @@ class AlignmentRun:
         return abs(self.history[-1]["weight_norm"] - earlier) / self.history[-1]["weight_norm"]
 
 
-def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, steps: int, layer: int,
-                  log_every: int, seed: int = 0, activation: str = "relu", drift_from: int | None = None,
-                  drift_every: int | None = None, device: str | torch.device = "cpu") -> AlignmentRun:
-    r"""Train ``training.mlp(widths, activation=...)`` (initialised after ``torch.manual_seed(seed)``) with
+def run_alignment(split, *, lr: float, wd: float, batch: int | None, steps: int, layer: int, log_every: int,
+                  widths=None, model: nn.Module | None = None, seed: int = 0, activation: str = "relu",
+                  drift_from: int | None = None, drift_every: int | None = None,
+                  device: str | torch.device = "cpu") -> AlignmentRun:
+    r"""Train ``training.mlp(widths, activation=...)`` (initialised after ``torch.manual_seed(seed)``), or the
+    given ``model`` (any classifier of ``split``'s inputs; ``widths`` must then be ``None``), with
     :func:`theorylab.training.train_sgd` (``batch=None``: full-batch gradient descent) on ``split``'s training
     set, measuring :func:`crh_alignments` (normalised moments) and :math:`\|W\|_F` of linear layer ``layer``
     on the whole training set every ``log_every`` steps and at the end. With ``drift_from``, T1's terms are
@@ -415,8 +440,12 @@ def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, ste
             raise ValueError(f"{name}: got {value!r}, expected a positive integer")
     if log_every % drift_every:
         raise ValueError(f"drift_every ({drift_every}) must divide log_every ({log_every})")
-    torch.manual_seed(seed)
-    model = training.mlp(widths, activation=activation).to(device)
+    if (model is None) == (widths is None):
+        raise ValueError("give exactly one of widths (an MLP is built) and model")
+    if model is None:
+        torch.manual_seed(seed)
+        model = training.mlp(widths, activation=activation)
+    model = model.to(device)
     n_linear = len(linear_layers(model))
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n_linear <= layer < n_linear:
         raise ValueError(f"layer: got {layer!r}, the network has {n_linear} linear layers")
@@ -424,6 +453,7 @@ def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, ste
     every = drift_every if drift_from is not None else log_every
     drift_sum: dict[str, list[np.ndarray]] = {}
     counts = {"calls": 0, "drift": 0}
+    grams: dict[str, tuple[int, np.ndarray]] = {}
 
     def record(current: nn.Module) -> dict:
         step = min(counts["calls"] * every, steps)  # train_sgd calls this every `every` steps and at the end
@@ -434,6 +464,8 @@ def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, ste
             return {}
         stats = layer_statistics(current, data.x_train, data.y_train, layer)
         if wants_drift:
+            grams.setdefault("first", (step, stats.weight))
+            grams["last"] = (step, stats.weight)
             for side, terms in expected_drift_terms(stats, lr, wd, batch).items():
                 parts = [terms.decay, terms.cross, terms.noise, terms.drift]
                 drift_sum[side] = parts if side not in drift_sum else [
@@ -445,8 +477,11 @@ def run_alignment(split, *, widths, lr: float, wd: float, batch: int | None, ste
 
     result = training.train_sgd(model, data, batch=batch, lr=lr, wd=wd, steps=steps, seed=seed,
                                 record_every=every, record=record)
-    mean_drift = None
+    mean_drift = realized = None
     if counts["drift"]:
         mean_drift = {side: DriftTerms(*(part / counts["drift"] for part in parts)) for side, parts in drift_sum.items()}
+        (first_step, first), (last_step, last) = grams["first"], grams["last"]
+        span = max(last_step - first_step, 1)
+        realized = {"a": (last.T @ last - first.T @ first) / span, "b": (last @ last.T - first @ first.T) / span}
     history = [entry for entry in result.history if "alignments" in entry]
-    return AlignmentRun(model.cpu(), int(layer) % n_linear, history, mean_drift)
+    return AlignmentRun(model.cpu(), int(layer) % n_linear, history, mean_drift, realized)

@@ -208,11 +208,16 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "activations": Param(str, "relu", "relu,tanh", "activations of the weight-decay sweep",
                                  choices=("relu", "tanh", "relu,tanh")),
             "synthetic_steps": Param(int, 4000, 40_000, "SGD steps of the Gaussian-mixture runs", minimum=1),
+            "transformer_steps": Param(int, 300, 3000, "Adam steps of the small transformer", minimum=1),
+            "transformer_width": Param(int, 32, 128, "width of the small transformer", choices=(16, 32, 64, 128, 256)),
+            "transformer_layers": Param(int, 2, 4, "blocks of the small transformer", minimum=1),
+            "vision_steps": Param(int, 0, 20_000, "SGD steps of each convolutional run; 0 skips them", minimum=0),
         },
-        ci_seconds=65,
-        full_minutes=40,
-        full_note="five times longer training, the tanh sweep, 100 null draws, 1,000 bootstraps "
-                  "(estimated on CPU; the convolutional and transformer grids of the brief are not implemented)",
+        ci_seconds=75,
+        full_minutes=90,
+        full_note="five times longer training, the tanh sweep, convolutional networks on 32x32 class images, a "
+                  "4-block transformer, 100 null draws, 1,000 bootstraps (estimated; on a GPU mostly the "
+                  "convolutional runs gain)",
     ),
     "sparse-network-bounds": ChapterSpec(
         name="sparse-network-bounds",

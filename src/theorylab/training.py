@@ -37,11 +37,22 @@ def mlp(widths: Sequence[int], init: str = "default", activation: str = "relu") 
     return nn.Sequential(*layers)
 
 
-def small_cnn(channels: int = 32, n_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
-    """3x3 conv (padding 1) -> ReLU -> 3x3 conv -> ReLU -> global average pool -> linear."""
-    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, n_classes))
+def small_cnn(channels: int = 32, n_classes: int = 10, in_channels: int = 1, head: Sequence[int] = ()) -> nn.Sequential:
+    """3x3 conv (padding 1) -> ReLU -> 3x3 conv -> ReLU -> global average pool -> a fully connected head:
+    one linear map, or ``head`` hidden widths with ReLU between (``head=(128,)``: two linear layers)."""
+    if min((channels, n_classes, in_channels, *head)) < 1:
+        raise ValueError(f"channels, n_classes, in_channels and head widths must be positive; got "
+                         f"{channels}, {n_classes}, {in_channels}, {tuple(head)}")
+    # the convolutions are built first: the order of construction is the order of the random initialisation
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                               nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                               nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    widths = [channels, *head, n_classes]
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import Split
+
 MODES = ("raw", "centred", "normalised")
 RELATIONS = ("a-RGA", "a-RWA", "a-GWA", "b-RGA", "b-RWA", "b-GWA")
 NULL_KINDS = ("gaussian", "rotation")
@@ -420,7 +422,7 @@ class AlignmentRun:
         return abs(self.history[-1]["weight_norm"] - earlier) / self.history[-1]["weight_norm"]
 
 
-def run_alignment(split, *, lr: float, wd: float, batch: int | None, steps: int, layer: int, log_every: int,
+def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, steps: int, layer: int, log_every: int,
                   widths=None, model: nn.Module | None = None, seed: int = 0, activation: str = "relu",
                   drift_from: int | None = None, drift_every: int | None = None,
                   device: str | torch.device = "cpu") -> AlignmentRun:

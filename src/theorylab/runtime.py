@@ -214,10 +214,10 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "vision_steps": Param(int, 0, 20_000, "SGD steps of each convolutional run; 0 skips them", minimum=0),
         },
         ci_seconds=75,
-        full_minutes=90,
+        full_minutes=25,
         full_note="five times longer training, the tanh sweep, convolutional networks on 32x32 class images, a "
-                  "4-block transformer, 100 null draws, 1,000 bootstraps (estimated; on a GPU mostly the "
-                  "convolutional runs gain)",
+                  "4-block transformer, 100 null draws, 1,000 bootstraps; estimated from ci timings, never run on "
+                  "a GPU (about an hour on 2 CPU cores, two thirds of it the convolutional runs)",
     ),
     "sparse-network-bounds": ChapterSpec(
         name="sparse-network-bounds",

@@ -11,23 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
 from theorylab import alignment, data, training
-
-
-def seconds(function, repeats: int = 3) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return float(np.median(times))
+from theorylab.runtime import median_seconds
 
 
 def per_sample_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: int) -> np.ndarray:
@@ -53,8 +43,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = training.mlp([64, 128, 128, 128, 128, 10])
 
-    batched = seconds(lambda: alignment.layer_statistics(model, x, y, 2))
-    loop = seconds(lambda: per_sample_loop(model, x, y, 2), repeats=1)
+    batched = median_seconds(lambda: alignment.layer_statistics(model, x, y, 2), repeats=3)
+    loop = median_seconds(lambda: per_sample_loop(model, x, y, 2), repeats=1)
     stats = alignment.layer_statistics(model, x, y, 2)
     assert np.allclose(stats.g_b, per_sample_loop(model, x, y, 2), atol=1e-5)
     print(f"per-sample gradients, N={n}: layer_statistics {batched * 1e3:7.1f} ms | per-sample loop "
@@ -69,16 +59,16 @@ def main() -> None:
             nn.functional.cross_entropy(model(batch_x), batch_y).backward()
             optimizer.step()
 
-    one = seconds(step)
+    one = median_seconds(step, repeats=3)
     torch.set_num_threads(2)
-    two = seconds(step)
+    two = median_seconds(step, repeats=3)
     torch.set_num_threads(1)
     print(f"SGD step, batch 32: 1 thread {one * 10:6.3f} ms | 2 threads {two * 10:6.3f} ms | "
           f"2 threads / 1 thread {two / one:5.1f}x")
 
     boots = 20 if args.quick else 200
-    fast = seconds(lambda: alignment.pah_exponent(stats, "a", boots=boots), repeats=1)
-    slow = seconds(lambda: alignment.pah_exponent(stats, "a", boots=boots, mode="normalised"), repeats=1)
+    fast = median_seconds(lambda: alignment.pah_exponent(stats, "a", boots=boots), repeats=1)
+    slow = median_seconds(lambda: alignment.pah_exponent(stats, "a", boots=boots, mode="normalised"), repeats=1)
     print(f"PAH bootstrap, {boots} resamples: rotated coordinates {fast:6.2f} s | covariance per resample "
           f"(normalised mode) {slow:6.2f} s | ratio {slow / fast:5.1f}x")
 

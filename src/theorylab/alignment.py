@@ -62,6 +62,18 @@ def linear_layers(model: nn.Module) -> list[nn.Linear]:
     return [module for module in model.modules() if isinstance(module, nn.Linear)]
 
 
+def _linear_layer(model: nn.Module, layer: int) -> tuple[nn.Linear, int]:
+    """The ``layer``-th ``nn.Linear`` of the model (negative counts from the end) and its non-negative index;
+    ``ValueError`` for a model without linear layers or an index that is not one of them."""
+    layers = linear_layers(model)
+    if not layers:
+        raise ValueError("the model has no nn.Linear layer to measure")
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer: got {layer!r}, expected an index of the model's {len(layers)} linear layers "
+                         f"(0..{len(layers) - 1}, or negative from the end)")
+    return layers[layer], int(layer) % len(layers)
+
+
 def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer: int) -> LayerStatistics:
     r"""Exact per-sample statistics of the ``layer``-th ``nn.Linear`` (0-based; negative counts from the end)
     under the cross-entropy loss :math:`\sum_i \ell(f(x_i), y_i)` (``reduction='sum'``, so each row's gradient
@@ -75,16 +87,10 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     gives :math:`-g_a` and :math:`-g_b` without touching the parameters' ``.grad``. The model's training mode
     is restored afterwards.
     """
-    layers = linear_layers(model)
-    if not layers:
-        raise ValueError("the model has no nn.Linear layer to measure")
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -len(layers) <= layer < len(layers):
-        raise ValueError(f"layer: got {layer!r}, expected an index of the model's {len(layers)} linear layers "
-                         f"(0..{len(layers) - 1}, or negative from the end)")
+    module, index = _linear_layer(model, layer)
     if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs (N, ...) and targets (N, ...) must have the same number of rows; got "
                          f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
-    module = layers[layer]
     captured: dict[str, list[torch.Tensor]] = {"in": [], "out": []}
 
     def take_input(_module, args):
@@ -125,8 +131,7 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
         return tensor.detach().cpu().to(torch.float64).reshape(-1, tensor.shape[-1]).numpy()
 
     return LayerStatistics(as_rows(h_a), as_rows(h_b), -as_rows(grad_a), -as_rows(grad_b),
-                           module.weight.detach().cpu().to(torch.float64).numpy(), int(layer) % len(layers),
-                           rows_per_sample)
+                           module.weight.detach().cpu().to(torch.float64).numpy(), index, rows_per_sample)
 
 
 def second_moment(x: np.ndarray, mode: str) -> np.ndarray:
@@ -297,16 +302,19 @@ class PropagationResiduals:
         return self.slope_output - self.slope_input
 
 
+def _quadratic_forms(vectors: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    r""":math:`v_i^\top\,\mathrm{matrix}\,v_i` for every column :math:`v_i` of ``vectors``."""
+    return np.einsum("ij,ik,kj->j", vectors, matrix, vectors)
+
+
 def propagation_residuals(stats: LayerStatistics, floor: float = 1e-4) -> PropagationResiduals:
     """T2's identities measured on a layer (see :class:`PropagationResiduals`)."""
     h_a, h_b = second_moment(stats.h_a, "centred"), second_moment(stats.h_b, "centred")
     g_a, g_b = second_moment(stats.g_a, "centred"), second_moment(stats.g_b, "centred")
     u, s, vt = np.linalg.svd(stats.weight, full_matrices=False)
     lam, v = s ** 2, vt.T
-    hb_u = np.einsum("ij,ik,kj->j", u, h_b, u)
-    ha_v = np.einsum("ij,ik,kj->j", v, h_a, v)
-    ga_v = np.einsum("ij,ik,kj->j", v, g_a, v)
-    gb_u = np.einsum("ij,ik,kj->j", u, g_b, u)
+    hb_u, ha_v = _quadratic_forms(u, h_b), _quadratic_forms(v, h_a)
+    ga_v, gb_u = _quadratic_forms(v, g_a), _quadratic_forms(u, g_b)
     representation = float(np.max(np.abs(hb_u - lam * ha_v)) / np.linalg.norm(h_b, 2))
     gradient = float(np.max(np.abs(ga_v - lam * gb_u)) / np.linalg.norm(g_a, 2))
     keep = (lam >= floor * lam[0]) & (hb_u > 0) & (ha_v > 0)
@@ -332,7 +340,7 @@ def eigen_profile(moment: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.
     if moment.shape != gram.shape or moment.ndim != 2 or moment.shape[0] != moment.shape[1]:
         raise ValueError(f"eigen_profile needs two square matrices of one shape; got {moment.shape} and {gram.shape}")
     lam, vectors = _eigenbasis(gram)
-    return lam, np.einsum("ij,ik,kj->j", vectors, moment, vectors)
+    return lam, _quadratic_forms(vectors, moment)
 
 
 @dataclass(frozen=True)
@@ -374,7 +382,7 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
         source = rows
 
         def forms(sample: np.ndarray) -> np.ndarray:
-            return np.einsum("ij,ik,kj->j", vectors, second_moment(sample, mode), vectors)
+            return _quadratic_forms(vectors, second_moment(sample, mode))
     else:  # v_i^T X v_i is the second moment of the i-th rotated coordinate
         source = rows @ vectors
 
@@ -392,7 +400,6 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
         slopes[k] = np.polyfit(np.log(lam[use]), np.log(values[use]), 1)[0]
     low, high = np.percentile(slopes, [2.5, 97.5])
     return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()))
-
 
 
 @dataclass
@@ -448,10 +455,8 @@ def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, step
         torch.manual_seed(seed)
         model = training.mlp(widths, activation=activation)
     model = model.to(device)
-    n_linear = len(linear_layers(model))
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_linear <= layer < n_linear:
-        raise ValueError(f"layer: got {layer!r}, the network has {n_linear} linear layers")
-    data = type(split)(*(tensor.to(device) for tensor in (split.x_train, split.y_train, split.x_test, split.y_test)))
+    _, index = _linear_layer(model, layer)
+    data = Split(*(tensor.to(device) for tensor in (split.x_train, split.y_train, split.x_test, split.y_test)))
     every = drift_every if drift_from is not None else log_every
     drift_sum: dict[str, list[np.ndarray]] = {}
     counts = {"calls": 0, "drift": 0}
@@ -486,4 +491,4 @@ def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, step
         span = max(last_step - first_step, 1)
         realized = {"a": (last.T @ last - first.T @ first) / span, "b": (last @ last.T - first @ first.T) / span}
     history = [entry for entry in result.history if "alignments" in entry]
-    return AlignmentRun(model.cpu(), int(layer) % n_linear, history, mean_drift, realized)
+    return AlignmentRun(model.cpu(), index, history, mean_drift, realized)

@@ -44,15 +44,9 @@ def small_cnn(channels: int = 32, n_classes: int = 10, in_channels: int = 1, hea
         raise ValueError(f"channels, n_classes, in_channels and head widths must be positive; got "
                          f"{channels}, {n_classes}, {in_channels}, {tuple(head)}")
     # the convolutions are built first: the order of construction is the order of the random initialisation
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
-                               nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                               nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    widths = [channels, *head, n_classes]
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    convolutions = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(),
+                    nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*convolutions, *mlp([channels, *head, n_classes]))
 
 
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:

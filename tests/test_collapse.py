@@ -86,6 +86,16 @@ def test_bound_preconditions_raise_clear_errors():
                                np.array([81.0, 1e-4]), np.zeros((2, 1)))
     with pytest.raises(ValueError, match="t_ij > 0"):
         co.ncc_pair_bound(lopsided, 0, 1, 1)
+
+
+def test_pairs_outside_t1_get_the_trivial_bound_one():
+    x, y = gaussian_classes([np.zeros(3), np.full(3, 0.1)], 3.0, 200, seed=5)
+    lopsided = co.ClassMoments(co.class_moments(x, y).classes, np.array([[0.0], [0.1]]),
+                               np.array([[[9.0]], [[0.01]]]), np.array([81.0, 1e-4]), np.zeros((2, 1)))
+    # t_01 = d^2/2 (1 + (v_1 - v_0)/(n d^2)) < 0 at one shot, t_10 > 0: only (0, 1) is trivial.
+    assert co.ncc_pair_margin(lopsided, 0, 1, 1) == pytest.approx(0.01 / 2 * (1 + (0.01 - 9.0) / 0.01))
+    assert co.ncc_trivial_pairs(lopsided, 1) == 1
+    assert co.ncc_bound(lopsided, 1) == pytest.approx((1.0 + co.ncc_pair_bound(lopsided, 1, 0, 1)) / 2)
     with pytest.raises(ValueError, match="two classes"):
         co.cdnv(x[:10], np.zeros(10))
 

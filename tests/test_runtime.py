@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import threadpoolctl
 import torch
 
 from theorylab import runtime
@@ -65,6 +66,7 @@ def test_configure_seeds_every_generator_and_pins_one_thread():
     runtime.configure("ci", "cpu", 11, chapter=CHAPTER)
     assert (np.random.rand(), torch.rand(1).item()) == draws
     assert torch.get_num_threads() == 1
+    assert all(pool["num_threads"] == 1 for pool in threadpoolctl.threadpool_info())  # NumPy's BLAS too
     assert first.n_starts == runtime.chapter(CHAPTER).params["n_starts"].ci
     with pytest.raises(AttributeError):
         _ = first.no_such_knob
@@ -72,6 +74,7 @@ def test_configure_seeds_every_generator_and_pins_one_thread():
 
 def test_record_writes_metrics_json_in_a_cli_run(tmp_path, monkeypatch):
     monkeypatch.setenv(runtime.RUN_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("THEORYLAB_COMPARE_BASELINES", raising=False)  # a made-up check has no baseline
     cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
     cfg.record("check", error=np.float64(1e-12), values=np.array([1.0, 2.0]), by_n={1000: 0.5})
     saved = json.loads((tmp_path / "metrics.json").read_text())

@@ -4,6 +4,7 @@
     theorylab run CHAPTER|all [--profile ci|full] [--device auto|cpu|cuda|cuda:N] [--seed N]
                   [--out runs/] [-p NAME VALUE ...] [--force | --resume] [--dry-run]
     theorylab refresh [CHAPTER ...] [--force]
+    theorylab baselines CHAPTER|all --from RUNS [RUNS ...] [--force]
 
 Every value is validated (by :func:`theorylab.runtime.resolve`) before anything runs or is written.
 """
@@ -22,7 +23,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
-from . import runtime
+from . import baselines, runtime
 
 
 class UsageError(Exception):
@@ -146,6 +147,8 @@ def command_run(args: argparse.Namespace) -> int:
                            for name in known})
         print(f"== {spec.name} ({args.profile}, device {resolved['device']}) -> {output}", flush=True)
         os.environ[runtime.RUN_DIR_ENV] = str(out_dir.resolve())
+        if args.compare_baselines:
+            os.environ[baselines.COMPARE_ENV] = "1"
         start = time.perf_counter()
         status, failed = "ok", ""
         try:
@@ -219,6 +222,30 @@ def command_refresh(args: argparse.Namespace) -> int:
     return status
 
 
+def command_baselines(args: argparse.Namespace) -> int:
+    """Write each chapter's ``chapters/baselines/NAME.json`` from the ci runs found under ``--from``."""
+    root = book_root()
+    specs = _chapters(args.chapter)
+    found: dict[str, list[dict]] = {}
+    for folder in args.runs:
+        for spec in specs:
+            path = Path(folder) / f"{spec.name}-ci" / "metrics.json"
+            status = path.with_name("status.json")
+            if path.exists() and status.exists() and json.loads(status.read_text()).get("status") == "ok":
+                found.setdefault(spec.name, []).append(json.loads(path.read_text()))
+    missing = [spec.name for spec in specs if len(found.get(spec.name, [])) < 2]
+    if missing:
+        raise UsageError(f"fewer than 2 completed ci runs under --from for: {', '.join(missing)}")
+    for spec in specs:
+        try:
+            path = baselines.write(root, spec.name, found[spec.name], force=args.force)
+        except (ValueError, FileExistsError) as error:
+            raise UsageError(f"{spec.name}: {error}") from None
+        entries = json.loads(path.read_text())["metrics"]
+        print(f"{spec.name}: {len(found[spec.name])} runs, {len(entries)} metrics -> {path.relative_to(root)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="theorylab", description=__doc__.split("\n\n")[0])
     commands = main.add_subparsers(dest="command", required=True)
@@ -236,9 +263,16 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true",
                        help="continue in an existing run folder: skip completed chapters, reuse saved checkpoints")
     run.add_argument("--dry-run", action="store_true", help="print the resolved parameters, run nothing")
+    run.add_argument("--compare-baselines", action="store_true",
+                     help="fail a check cell whose recorded numbers leave the committed ci baseline's tolerance")
     refresh = commands.add_parser("refresh", help="sync .md -> .ipynb and re-execute stale chapters")
     refresh.add_argument("chapter", nargs="*", help="chapter names (default: all)")
     refresh.add_argument("--force", action="store_true", help="re-execute even when up to date")
+    calibrate = commands.add_parser("baselines", help="write ci baselines and tolerances from calibration runs")
+    calibrate.add_argument("chapter", nargs="+", help="chapter names, or 'all'")
+    calibrate.add_argument("--from", dest="runs", nargs="+", required=True,
+                           help="run folders (theorylab run --out) of the ci profile, several seeds and CPUs")
+    calibrate.add_argument("--force", action="store_true", help="replace existing baseline files")
     return main
 
 
@@ -251,7 +285,8 @@ def _seed(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handlers: dict[str, Any] = {"list": command_list, "run": command_run, "refresh": command_refresh}
+    handlers: dict[str, Any] = {"list": command_list, "run": command_run, "refresh": command_refresh,
+                                "baselines": command_baselines}
     try:
         return handlers[args.command](args)
     except UsageError as error:

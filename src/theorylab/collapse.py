@@ -187,24 +187,38 @@ def ncc_pair_variance(moments: ClassMoments, i: int, j: int, shots: int) -> floa
 def ncc_pair_bound(moments: ClassMoments, i: int, j: int, shots: int) -> float:
     r"""T1: :math:`\Pr[i\to j]\le\sigma_{ij}^2/(\sigma_{ij}^2+t_{ij}^2)`, with
     :math:`t_{ij}=\frac{d_{ij}^2}{2}\big(1+\frac{v_j-v_i}{nd_{ij}^2}\big)`, which must be positive."""
-    if shots < 1:
-        raise ValueError(f"shots: got {shots}, expected a positive integer")
-    d2 = float(((moments.means[i] - moments.means[j]) ** 2).sum())
-    v = moments.variances
-    t = d2 / 2 * (1 + (v[j] - v[i]) / (shots * d2))
+    t = ncc_pair_margin(moments, i, j, shots)
     if t <= 0:
         raise ValueError(f"T1 needs t_ij > 0; for classes {i}, {j} with {shots} shots t_ij = {t:.3g}")
     variance = ncc_pair_variance(moments, i, j, shots)
     return variance / (variance + t**2)
 
 
+def ncc_pair_margin(moments: ClassMoments, i: int, j: int, shots: int) -> float:
+    r"""T1's :math:`t_{ij}=\frac{d_{ij}^2}{2}\big(1+\frac{v_j-v_i}{nd_{ij}^2}\big)`: how far the mean of
+    :math:`X_{ij}` lies above the misclassification threshold :math:`-d_{ij}^2/2`."""
+    if shots < 1:
+        raise ValueError(f"shots: got {shots}, expected a positive integer")
+    d2 = float(((moments.means[i] - moments.means[j]) ** 2).sum())
+    v = moments.variances
+    return d2 / 2 * (1 + (v[j] - v[i]) / (shots * d2))
+
+
 def ncc_bound(moments: ClassMoments, shots: int, ways: int | None = None) -> float:
     r"""T1 for the :math:`C`-way task on all classes: :math:`\frac1C\sum_i\sum_{j\ne i}\Pr[i\to j]` bounded pair
     by pair; with ``ways`` = :math:`k`, its mean over uniformly random :math:`k`-class tasks, :math:`(k-1)` times
-    the mean pairwise bound over ordered pairs."""
-    pairs = [ncc_pair_bound(moments, i, j, shots) for i, j in _pairs(moments)]
+    the mean pairwise bound over ordered pairs. A pair with :math:`t_{ij}\le0` (a class so much wider than
+    its neighbour that, with few shots, its own centre is expected nearer the neighbour's queries) gets
+    the trivial bound :math:`\Pr[i\to j]\le1` (:func:`ncc_trivial_pairs` counts them)."""
+    pairs = [ncc_pair_bound(moments, i, j, shots) if ncc_pair_margin(moments, i, j, shots) > 0 else 1.0
+             for i, j in _pairs(moments)]
     ways = len(moments.classes) if ways is None else ways
     return (ways - 1) * float(np.mean(pairs))
+
+
+def ncc_trivial_pairs(moments: ClassMoments, shots: int) -> int:
+    r"""How many ordered pairs :func:`ncc_bound` bounds by 1 because T1's :math:`t_{ij}\le0` there."""
+    return sum(ncc_pair_margin(moments, i, j, shots) <= 0 for i, j in _pairs(moments))
 
 
 def plain_cdnv_bound(moments: ClassMoments, ways: int | None = None) -> float:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import baselines
+
 PROFILES = ("ci", "full")
 RUN_DIR_ENV = "THEORYLAB_RUN_DIR"
 """Environment variable naming the folder where a run writes ``metrics.json`` (set by the CLI)."""
@@ -255,8 +257,9 @@ def check_profile(profile: Any) -> str:
 def check_device(device: Any) -> str:
     """Validate a device string ``auto|cpu|cuda|cuda:N`` against the hardware present.
 
-    ``auto`` resolves to ``cuda`` when a GPU is visible and to ``cpu`` otherwise; asking for CUDA
-    on a machine without it is an error, not a silent fall-back.
+    ``auto`` resolves to ``cuda`` when a GPU is visible and to ``cpu`` otherwise (but :func:`resolve`
+    keeps the ``ci`` profile on the CPU); asking for CUDA on a machine without it is an error, not a
+    silent fall-back.
     """
     import torch
 
@@ -291,6 +294,8 @@ def resolve(chapter_name: str, profile: str = "ci", device: str = "auto", seed: 
     """
     spec = chapter(chapter_name)
     profile = check_profile(profile)
+    if profile == "ci" and device == "auto":
+        device = "cpu"  # the committed ci outputs are CPU outputs: a GPU must not change them
     resolved: dict[str, Any] = {"profile": profile, "device": check_device(device), "seed": check_seed(seed)}
     unknown = sorted(set(overrides) - set(spec.params))
     if unknown:
@@ -321,14 +326,33 @@ class Config:
         raise AttributeError(name)
 
     def record(self, check: str, **values: Any) -> None:
-        """Store the numbers a check cell asserted on; written to ``metrics.json`` in a CLI run."""
+        """Store the numbers a check cell asserted on; written to ``metrics.json`` in a CLI run.
+
+        With ``THEORYLAB_COMPARE_BASELINES=1`` (set by the test suite) a ``ci`` run on the CPU with the
+        ci parameters also compares them with the chapter's committed baseline and raises
+        :class:`theorylab.baselines.BaselineError` naming every number out of its measured tolerance.
+        """
         self.metrics[check] = {k: jsonable(v) for k, v in values.items()}
+        if baselines.comparing() and self.is_ci_reference():
+            from .cli import book_root
+
+            entries = baselines.load(book_root(), self.chapter)["metrics"]
+            problems = baselines.compare(entries, check, self.metrics[check])
+            if problems:
+                raise baselines.BaselineError(f"check {check!r} of {self.chapter} left its baseline:\n  "
+                                              + "\n  ".join(problems))
         if self.run_dir is not None:
             path = self.run_dir / "metrics.json"
             path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
-                                        "seed": self.seed, "params": self.params,
-                                        "checks": self.metrics}, indent=2))
+                                        "seed": self.seed, "cpu_capability": cpu_capability(),
+                                        "params": self.params, "checks": self.metrics}, indent=2))
 
+
+    def is_ci_reference(self) -> bool:
+        """Whether this run is comparable with the committed ci outputs: ci profile, ci knobs, CPU."""
+        reference = resolve(self.chapter, "ci", "cpu", 0)
+        return (self.profile == "ci" and self.device.type == "cpu"
+                and jsonable(self.params) == jsonable({k: reference[k] for k in self.params}))
 
     def checkpoint(self, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, saved under ``checkpoints/NAME.pkl`` of a CLI run and reused on resume.
@@ -367,6 +391,13 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use (``ATEN_CPU_CAPABILITY`` or what torch picked)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def seed_everything(seed: int) -> None:
     """Seed ``random``, ``numpy`` and ``torch`` (CPU and CUDA) with ``seed``."""
     import torch
@@ -380,17 +411,20 @@ def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapt
               threads: int | None = 1, **overrides: Any) -> Config:
     """Validate a chapter's parameters, then seed, pick the device and set torch's threads.
 
-    ``threads=1`` (the default) pins torch's intra-op pool to one thread: on a 2-core machine a small
-    training step or a level-1 BLAS call is many times slower with two. ``threads=None`` leaves
-    torch's default.
+    ``threads=1`` (the default) pins torch's intra-op pool and NumPy's BLAS to one thread: on a 2-core
+    machine a small training step or a level-1 BLAS call is many times slower with two, and two
+    chapters run side by side (the test suite's two workers) oversubscribe the cores several times
+    over when each BLAS spins up its own pool. ``threads=None`` leaves both libraries' defaults.
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     values = resolve(chapter, profile, device, seed, **overrides)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads: got {threads!r}, expected a positive integer or None")
         torch.set_num_threads(threads)
+        threadpool_limits(threads)
     seed_everything(values["seed"])
     run_dir = os.environ.get(RUN_DIR_ENV)
     params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed")}
@@ -411,6 +445,18 @@ def median_seconds(function: Callable[[], Any], repeats: int = 5) -> float:
         function()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def measured(value: Any, spec: str = ".2f") -> str:
+    """A measured number (or list of them) as text marked ``≈``: ``≈0.35``, ``≈[0.15, 0.18]``.
+
+    Training and sampling make such numbers move with the seed and the CPU. The nbval sanitizer
+    (``tests/nbval_sanitize.cfg``) masks whatever follows ``≈``, so the regression test compares the
+    text around it, while :meth:`Config.record` compares the number with its baseline and tolerance.
+    """
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "≈[" + ", ".join(format(float(v), spec) for v in value) + "]"
+    return "≈" + format(float(value), spec)
 
 
 def order_of(value: float) -> str:

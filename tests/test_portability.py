@@ -1,0 +1,51 @@
+"""Every chapter on another CPU and another seed: the committed outputs must not depend on either.
+
+nbval (the same pytest run) compares each notebook's text with the committed one on this machine's
+CPU and seed 0. Here each chapter runs twice more, in subprocesses:
+
+* nbval again under torch's unvectorised kernels (``ATEN_CPU_CAPABILITY=default``): the text that
+  nbval compares must be the same on any correct CPU, and the recorded numbers within tolerance;
+* the chapter through ``theorylab run`` with seed 1 on ``avx2`` kernels: every check cell must pass on
+  another seed, and its recorded numbers must stay within the baseline's tolerance.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from theorylab import baselines, runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(runtime.CHAPTERS)
+EXTRA_SEED = 1
+
+
+def capability_or_default(wanted: str) -> str:
+    """``wanted`` if this CPU supports it (torch falls back silently otherwise), else ``default``."""
+    found = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env={**os.environ, "ATEN_CPU_CAPABILITY": wanted},
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return wanted if found.lower() == wanted else "default"
+
+
+def environment(capability: str) -> dict:
+    return {**os.environ, "ATEN_CPU_CAPABILITY": capability, baselines.COMPARE_ENV: "1"}
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_committed_outputs_hold_under_unvectorised_kernels(name):
+    notebook = runtime.chapter(name).notebook
+    result = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-q", "-x", notebook],
+                            cwd=ROOT, env=environment("default"), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_claims_and_baselines_hold_on_another_seed_and_cpu(name, tmp_path):
+    capability = capability_or_default("avx2")
+    result = subprocess.run([sys.executable, "-m", "theorylab.cli", "run", name, "--seed", str(EXTRA_SEED),
+                             "--compare-baselines", "--out", str(tmp_path)],
+                            cwd=ROOT, env=environment(capability), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"seed {EXTRA_SEED}, {capability}:\n" + result.stdout[-3000:] + result.stderr[-3000:]

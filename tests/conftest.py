@@ -1,8 +1,8 @@
-"""Session-wide settings: check cells compare their recorded numbers with the committed baselines, and
-pytest-xdist keeps every notebook's cells together on one worker (nbval runs them in one kernel)."""
-import os
+"""Session-wide setting: every check cell compares its recorded numbers with the committed baseline.
 
-import pytest
+pytest-xdist runs with ``--dist loadfile`` (pyproject.toml): all cells of a notebook go to one worker,
+where nbval runs them in order in one kernel."""
+import os
 
 from theorylab import baselines
 
@@ -10,9 +10,3 @@ from theorylab import baselines
 def pytest_configure(config):
     # Inherited by every kernel nbval starts and by every `theorylab run` a test spawns.
     os.environ[baselines.COMPARE_ENV] = "1"
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.endswith(".ipynb") or ".ipynb::" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -117,3 +117,15 @@ def test_record_fails_the_check_cell_out_of_tolerance_only_when_comparing(book, 
 
 def test_ci_profile_stays_on_the_cpu_whatever_the_hardware():
     assert runtime.resolve(CHAPTER, "ci", "auto")["device"] == "cpu"
+
+
+def test_seed_spread_reports_mean_sd_and_range_of_the_calibration_runs(book):
+    write_runs(book / "runs", [0, 1, 2], [1.0, 1.2, 1.1])
+    runs = [json.loads((book / "runs" / f"s{s}" / f"{CHAPTER}-ci" / "metrics.json").read_text()) for s in (0, 1, 2)]
+    cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
+    assert "no calibration runs yet" in cfg.seed_spread({"slope": "fit.slope"})
+    baselines.write(book, CHAPTER, runs)
+    text = cfg.seed_spread({"slope": "fit.slope"})
+    assert "over 3 calibration runs (seeds 0, 1, 2" in text and "slope: 1.1 ± 0.1 [1, 1.2]" in text
+    with pytest.raises(KeyError, match="no recorded number 'fit.other'"):
+        cfg.seed_spread({"x": "fit.other"})

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from theorylab import cli, runtime
+from theorylab import baselines, cli, runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(runtime.CHAPTERS.values(), key=lambda spec: spec.name)
@@ -79,3 +79,12 @@ def test_second_code_cell_validates_the_parameters(chapter):
     _, _, notebook = chapter
     second = [cell for cell in notebook.cells if cell.cell_type == "code"][1]
     assert "runtime.configure(profile, device, seed" in second.source
+
+
+def test_every_chapter_has_a_baseline_calibrated_on_five_seeds_and_three_cpu_kernel_sets(chapter):
+    spec, _, _ = chapter
+    document = baselines.load(ROOT, spec.name)
+    runs = document["calibration_runs"]
+    assert {run["seed"] for run in runs} >= set(range(5))
+    assert {str(run["cpu_capability"]).lower() for run in runs} >= {"default", "avx2"}
+    assert document["metrics"], "a chapter with checks records numbers"

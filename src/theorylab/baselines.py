@@ -96,7 +96,7 @@ def derive(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
             widest = max(abs(v - mean) for v in values)
             tolerance = max(SPREAD_MULTIPLE * spread, 1.5 * widest, ROUNDING_FLOOR * (1 + abs(mean)))
-            entries[key] = {"value": mean, "tolerance": tolerance, "spread": spread}
+            entries[key] = {"value": mean, "tolerance": tolerance, "spread": spread, "runs": values}
         elif all(v == values[0] for v in values):
             entries[key] = {"exact": values[0]}
         else:
@@ -173,3 +173,25 @@ def write(root: Path, chapter: str, runs: list[dict[str, Any]], force: bool = Fa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
+
+
+def seed_spread(root: Path, chapter: str, leaves: dict[str, str], spec: str = ".3g") -> str:
+    """Lines ``label: mean ± sd [min, max] over N runs`` for chosen recorded numbers, read from the
+    chapter's committed baseline: the spread of the headline numbers over the calibration runs (each a
+    full retraining with another seed or CPU), which one ``ci`` run cannot show."""
+    document = load(root, chapter)
+    runs = document["calibration_runs"]
+    seeds = sorted({run["seed"] for run in runs})
+    lines = [f"over {len(runs)} calibration runs (seeds {', '.join(map(str, seeds))}; "
+             f"CPU kernels {', '.join(sorted({str(run['cpu_capability']).lower() for run in runs}))}):"]
+    for label, leaf in leaves.items():
+        entry = document["metrics"].get(leaf)
+        if entry is None:
+            raise KeyError(f"{chapter}: no recorded number {leaf!r} in the baseline")
+        if "exact" in entry:
+            lines.append(f"  {label}: {entry['exact']} in every run")
+            continue
+        low, high = min(entry["runs"]), max(entry["runs"])
+        lines.append(f"  {label}: {format(entry['value'], spec)} ± {format(entry['spread'], '.2g')} "
+                     f"[{format(low, spec)}, {format(high, spec)}]")
+    return "\n".join(lines)

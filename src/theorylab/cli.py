@@ -173,10 +173,12 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def source_hash(root: Path, markdown: Path) -> str:
-    """SHA-256 of what a chapter's outputs depend on: its code cells, the package, the pins."""
+    """SHA-256 of what a chapter's outputs depend on: its code cells, the package, the pins, and its
+    baseline (whose calibration spreads the chapter prints)."""
     digest = hashlib.sha256()
     digest.update(markdown.read_bytes())
-    for path in sorted((root / "src" / "theorylab").glob("*.py")) + [root / "requirements.txt"]:
+    baseline = baselines.baseline_path(root, markdown.stem)
+    for path in sorted((root / "src" / "theorylab").glob("*.py")) + [root / "requirements.txt", baseline]:
         if path.exists():
             digest.update(path.name.encode())
             digest.update(path.read_bytes())

@@ -348,6 +348,15 @@ class Config:
                                         "params": self.params, "checks": self.metrics}, indent=2))
 
 
+    def seed_spread(self, leaves: dict[str, str], spec: str = ".3g") -> str:
+        """The spread over the committed calibration runs of recorded numbers (``{label: "check.key"}``),
+        as text; see :func:`theorylab.baselines.seed_spread`."""
+        from .cli import book_root
+
+        if not baselines.baseline_path(book_root(), self.chapter).exists():
+            return "no calibration runs yet: write them with `theorylab baselines`"
+        return baselines.seed_spread(book_root(), self.chapter, leaves, spec)
+
     def is_ci_reference(self) -> bool:
         """Whether this run is comparable with the committed ci outputs: ci profile, ci knobs, CPU."""
         reference = resolve(self.chapter, "ci", "cpu", 0)

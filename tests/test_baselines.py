@@ -29,6 +29,12 @@ def test_identical_runs_get_a_rounding_level_tolerance_and_text_must_match_exact
     assert entries["fit.ranks[1]"]["tolerance"] < 1e-7 and entries["fit.verdict"] == {"exact": "ok"}
 
 
+def test_a_quantity_undefined_in_every_run_must_stay_undefined():
+    entries = baselines.derive([{"b": {"t2": float("nan")}}] * 3)
+    assert baselines.compare(entries, "b", {"t2": float("nan")}) == []
+    assert "expected exactly nan" in baselines.compare(entries, "b", {"t2": 0.5})[0]
+
+
 def test_timings_are_neither_stored_nor_compared():
     entries = baselines.derive(runs_of([1.0, 1.1]))
     assert "fit.seconds" not in entries

@@ -70,6 +70,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equality that takes NaN to equal NaN (a quantity undefined in every run, e.g. a bound below its range)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
 def derive(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Baseline entries from the ``checks`` of several runs (see the module docstring for the rule).
 
@@ -97,7 +102,7 @@ def derive(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             widest = max(abs(v - mean) for v in values)
             tolerance = max(SPREAD_MULTIPLE * spread, 1.5 * widest, ROUNDING_FLOOR * (1 + abs(mean)))
             entries[key] = {"value": mean, "tolerance": tolerance, "spread": spread, "runs": values}
-        elif all(v == values[0] for v in values):
+        elif all(_same(v, values[0]) for v in values):
             entries[key] = {"exact": values[0]}
         else:
             raise ValueError(f"metric {key!r} is not a finite number in every run and differs between runs: "
@@ -118,7 +123,7 @@ def compare(entries: dict[str, dict[str, Any]], check: str, values: dict[str, An
     for name in sorted(set(recorded) & set(expected)):
         entry, value = expected[name], recorded[name]
         if "exact" in entry:
-            if value != entry["exact"]:
+            if not _same(value, entry["exact"]):
                 problems.append(f"{name}: {value!r}, expected exactly {entry['exact']!r}")
         elif not _is_number(value) or not math.isfinite(value):
             problems.append(f"{name}: {value!r} is not a finite number (baseline {entry['value']:.6g})")

@@ -186,10 +186,12 @@ def test_paper_emulation_without_handicaps_is_the_idealised_model():
 
 
 def test_paper_block_rule_costs_si_the_predicted_time_per_epoch():
-    """With a = 0 every epoch commits one token after one block: N (Ld + t), plus t per restart."""
+    """With a = 0 every epoch commits one token after one block: N (Ld + t). With the restart call each
+    epoch pays t more, and the run ends only at a zero-draft call that finds committed + n > N: after
+    N + 1 epochs, one more t."""
     kwargs = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=0.0, lookahead=4, n_tokens=10, n_runs=3)
     assert sp.emulate_paper("si", handicaps=["block_rule"], **kwargs) == pytest.approx([14.0] * 3)
-    assert sp.emulate_paper("si", handicaps=["block_rule", "restart_call"], **kwargs) == pytest.approx([24.0] * 3)
+    assert sp.emulate_paper("si", handicaps=["block_rule", "restart_call"], **kwargs) == pytest.approx([11 * 2.4 + 1.0] * 3)
 
 
 @pytest.mark.parametrize("bad,name", [
@@ -213,3 +215,129 @@ def test_unknown_algorithm_is_rejected():
 def test_drafter_slower_than_target_is_allowed():
     assert sp.expected_latency("si", target_latency=1.0, drafter_latency=2.0, acceptance_rate=0.5,
                                lookahead=1, n_tokens=5) > 5
+
+
+# --- The paper's simulator: an independent transcription of dsi/online/simul (t = 1, draws shared) ---
+
+CAP = 20
+
+
+def _simulator_si_run(draws, c, L, N):
+    """SI as the simulator runs it: a zero-draft call, then a blocking call every L drafts; a call
+    that finds a rejection commits n; a call that finds all drafts right stops once total + n > N."""
+    clock, total = 0.0, 0
+    while True:
+        n = min(next(draws), CAP)
+        clock += 1.0
+        if total + n > N:
+            return clock
+        drafts = 0
+        while True:
+            clock += c
+            drafts += 1
+            if drafts % L == 0:
+                clock += 1.0
+                if n < drafts:
+                    total += n
+                    break
+                if total + n > N:
+                    return clock
+
+
+def _simulator_dsi_epoch(n, total, c, L, P, N):
+    """One DSI epoch of the simulator: task j (j L drafts) is submitted at j L c to a LIFO pool of P
+    workers busy 1 per task; the first task whose result decides (a rejection, or the stop) ends it.
+    Returns (duration, stopped)."""
+    waiting, running, j = [], [], 0  # running: finish times
+    while True:
+        submit = j * L * c
+        finish = min(running) if running else math.inf
+        if submit <= finish:  # the drafter submits task j
+            waiting.append(j)
+            j += 1
+            now = submit
+        else:  # a worker finishes: the task that started earliest among those running
+            now = finish
+            task = running_tasks.pop(running.index(finish))
+            running.remove(finish)
+            if n < task * L:
+                return now, False
+            if total + n > N:
+                return now, True
+        running_tasks = running_tasks if running else []
+        while waiting and len(running) < P:
+            started = waiting.pop()  # LIFO
+            running.append(now + 1.0)
+            running_tasks.append(started)
+
+
+def _simulator_dsi_run(draws, c, L, P, N):
+    clock, total = 0.0, 0
+    while True:
+        n = min(next(draws), CAP)
+        duration, stopped = _simulator_dsi_epoch(n, total, c, L, P, N)
+        clock += duration
+        if stopped:
+            return clock
+        total += n
+
+
+SIMULATOR_RULES = ("block_rule", "no_correction", "draw_cap", "restart_call", "lifo")
+
+
+@pytest.mark.parametrize("algorithm,c,a,L,P", [
+    ("si", 0.1, 0.6, 1, 7), ("si", 0.3, 0.9, 5, 7), ("dsi", 0.3, 0.9, 5, 7), ("dsi", 0.3, 0.9, 1, 4),
+    ("dsi", 0.07, 0.63, 5, 7), ("dsi", 0.2, 0.95, 2, 2),
+])
+def test_paper_emulation_matches_a_transcription_of_the_simulator(algorithm, c, a, L, P):
+    N, runs, seed = 50, 40, 3
+    emulated = sp.emulate_paper(algorithm, target_latency=1.0, drafter_latency=c, acceptance_rate=a, lookahead=L,
+                                n_tokens=N, n_runs=runs, seed=seed, sp_degree=P, handicaps=SIMULATOR_RULES)
+    rng = np.random.default_rng(seed)
+    draws = iter(lambda: int(rng.geometric(1 - a)) - 1, None)
+    if algorithm == "si":
+        expected = [_simulator_si_run(draws, c, L, N) for _ in range(runs)]
+    else:
+        expected = [_simulator_dsi_run(draws, c, L, P, N) for _ in range(runs)]
+    assert emulated == pytest.approx(expected, rel=1e-12)
+
+
+def test_paper_rules_on_a_deterministic_path():
+    """a = 1: every draw is capped at 20; SI pays t + 5 (5 d + t) per epoch, DSI 5 L d + t; at 80
+    committed tokens the zero-draft call sees 80 + 20 > 90 and stops after t."""
+    kwargs = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=1.0, lookahead=5, n_tokens=90,
+                  n_runs=2, sp_degree=7, handicaps=SIMULATOR_RULES)
+    assert sp.emulate_paper("si", **kwargs) == pytest.approx([4 * 8.5 + 1] * 2)
+    assert sp.emulate_paper("dsi", **kwargs) == pytest.approx([4 * 3.5 + 1] * 2)
+
+
+def test_second_seed_needs_the_length_of_a_second():
+    kwargs = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=0.5, lookahead=2, n_tokens=10,
+                  n_runs=2, handicaps=["second_seed"])
+    with pytest.raises(ValueError, match="second"):
+        sp.emulate_paper("si", **kwargs)
+
+
+def test_table_speedup_counts_a_second_as_1000_over_t_ms_target_passes(monkeypatch):
+    seen = []
+    original = sp.emulate_paper
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["second"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sp, "emulate_paper", spy)
+    row = sp.PAPER_TABLE_1[0]
+    sp.table_speedup(row, handicaps=["second_seed"], n_runs=2)
+    assert seen and all(second == pytest.approx(1000 / 37.7) for second in seen)
+
+
+def test_dsi_runs_only_with_at_most_seven_servers():
+    """The simulator's ConfigDSI rejects ceil(t / (max(1, k) c)) > 7 target servers."""
+    for row in sp.PAPER_TABLE_1:
+        allowed = {k for k in (1, 5, 10) if math.ceil(row.t / (k * row.t * row.c)) <= 7}
+        assert set(sp.paper_lookaheads(row.c)) == allowed
+        assert sp.table_speedup(row)["dsi lookahead"] in allowed
+    assert sp.paper_lookaheads(0.065) == (5, 10)  # the Vicuna rows cannot run DSI at L = 1
+    with pytest.raises(ValueError, match="servers"):
+        sp.paper_lookaheads(0.01, (1, 5, 10))

@@ -31,9 +31,13 @@ from typing import Any
 import numpy as np
 
 ALGORITHMS = ("nonsi", "si", "dsi")
-PAPER_HANDICAPS = ("block_rule", "restart_call", "lifo", "second_seed")
+PAPER_HANDICAPS = ("block_rule", "no_correction", "draw_cap", "restart_call", "lifo", "second_seed")
 """Rules of the paper's simulator that differ from the idealised model, in the order the chapter
 switches them on (see :func:`emulate_paper`)."""
+PAPER_DRAW_CAP = 20
+"""The simulator's ``maximum_correct_tokens``: a draw of accepted drafts is capped at 20."""
+PAPER_SERVER_BUDGET = 7
+"""The simulator runs DSI only where :math:`\\lceil t/(Ld)\\rceil\\le7` (``ConfigDSI``)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,27 +404,37 @@ def _paper_dsi_epoch(s: Setting, n: int, remaining: int, blocks: int | None, rul
 
 def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: float, acceptance_rate: float,
                   lookahead: int, n_tokens: int, n_runs: int, seed: int = 0, sp_degree: int = 1,
-                  handicaps: Iterable[str] = (), second: float = 1000.0) -> np.ndarray:
+                  handicaps: Iterable[str] = (), second: float | None = None) -> np.ndarray:
     r"""Latencies under the rules of the paper's thread-pool simulator, each switched on by name.
 
-    With no handicap this is the idealised model (SI: D3; DSI: D4 with FIFO servers). Handicaps:
+    With no handicap this is the idealised model (SI: D3; DSI: D4 with FIFO servers), run until at
+    least ``n_tokens`` are committed. Handicaps (``dsi/online/simul`` of the paper's repository):
 
-    * ``block_rule``: a fully accepted block earns no bonus token; the rejection after :math:`n` accepted
-      drafts is found by the first block that drafted past it, :math:`\lfloor n/L\rfloor+1`, and the
-      epoch then commits :math:`n+1` (SI pays :math:`(\lfloor n/L\rfloor+1)(Ld+t)`);
-    * ``restart_call``: every restart first issues a target call with no drafts: blocking for SI (+t),
-      a task that holds a server for DSI;
+    * ``block_rule``: a fully accepted block earns no bonus token; the rejection after :math:`n`
+      accepted drafts is found by the first call that drafted past it, :math:`\lfloor n/L\rfloor+1`
+      (SI pays :math:`(\lfloor n/L\rfloor+1)(Ld+t)`, DSI waits for that task);
+    * ``no_correction``: an epoch commits the :math:`n` accepted drafts, not the target's correction
+      token as well (``fix_history`` adds ``correct`` tokens);
+    * ``draw_cap``: :math:`n=\min(G-1,\,20)` with :math:`G` geometric (``maximum_correct_tokens``);
+    * ``restart_call``: every restart first issues a target call with no drafts: blocking for SI
+      (+t), a task that holds a server for DSI; with ``block_rule`` the run ends only at a call that
+      finds the drawn drafts past the end (committed :math:`+\,n>N`, the simulator's stop test),
+      normally that zero-draft call;
     * ``lifo``: DSI's pool serves the newest waiting task first;
     * ``second_seed``: the draw of :math:`n` is seeded by the integer wall-clock second, so restarts
-      within one ``second`` (in the latency unit) reuse it (each run starts at a uniform phase).
+      within one second reuse it; ``second`` is the second in units of the target latency, i.e.
+      :math:`1000/t_{\mathrm{ms}}` target passes (each run starts at a uniform phase).
 
-    The run ends when at least ``n_tokens`` are committed (the simulator may overshoot).
+    The simulator also sleeps 0.1 s before each restart and subtracts it from the total, so that
+    wait costs nothing here; the cost of starting a process per restart is not modelled.
     """
     check_algorithm(algorithm)
     unknown = sorted(set(handicaps) - set(PAPER_HANDICAPS))
     if unknown:
         raise ValueError(f"handicaps: unknown {unknown}; expected some of {list(PAPER_HANDICAPS)}")
     rules = set(handicaps)
+    if "second_seed" in rules:
+        second = _positive("second (target passes per wall-clock second)", second)
     s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
                      acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree)
     n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
@@ -429,31 +443,46 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
         return np.full(n_runs, n_tokens * s.t)
     latencies = np.zeros(n_runs)
     for run in range(n_runs):
-        clock, committed, phase = 0.0, 0, rng.uniform(0, second)
-        reused: dict[int, int] = {}
-        restarting = True  # the first start is a restart too
-        while committed < n_tokens:
-            remaining = n_tokens - committed
-            draw = int(rng.geometric(1 - s.a)) - 1 if s.a < 1 else n_tokens
-            if "second_seed" in rules:
-                draw = reused.setdefault(int((clock + phase) // second), draw)
-            n = min(draw, n_tokens) if "block_rule" in rules else min(draw, remaining - 1)
-            blocks = n // s.L + 1 if "block_rule" in rules else None
-            if algorithm == "si":
-                clock += s.t if restarting and "restart_call" in rules else 0.0
-                if blocks is None:  # D3, iteration by iteration
-                    k = min(s.L, remaining - 1)
-                    clock += k * s.d + s.t
-                    committed += min(n, k) + 1
-                    restarting = n < k
-                else:
-                    clock += blocks * (s.L * s.d + s.t)
-                    committed += n + 1
-                continue
-            clock += _paper_dsi_epoch(s, n, remaining, blocks, rules)
-            committed += n + 1
-        latencies[run] = clock
+        latencies[run] = _paper_run(algorithm, s, n_tokens, rules, rng, second)
     return latencies
+
+
+def _paper_run(algorithm: str, s: Setting, n_tokens: int, rules: set[str], rng: np.random.Generator,
+               second: float | None) -> float:
+    """One generation of :func:`emulate_paper`."""
+    clock, committed = 0.0, 0
+    phase = rng.uniform(0, second) if "second_seed" in rules else 0.0
+    reused: dict[int, int] = {}
+    restarting = True  # the first start is a restart too
+    # with both rules the simulator ends only at a call that finds committed + n > N
+    stop_call_only = {"block_rule", "restart_call"} <= rules
+    while committed < n_tokens or stop_call_only:
+        remaining = n_tokens - committed
+        draw = int(rng.geometric(1 - s.a)) - 1 if s.a < 1 else n_tokens + PAPER_DRAW_CAP
+        if "draw_cap" in rules:
+            draw = min(draw, PAPER_DRAW_CAP)
+        if "second_seed" in rules:
+            draw = reused.setdefault(int((clock + phase) // second), draw)
+        call = "restart_call" in rules and (algorithm == "dsi" or restarting)
+        if call and committed + draw > n_tokens:  # the zero-draft call finds the end
+            return clock + s.t
+        gained = 0 if "no_correction" in rules else 1
+        n = min(draw, n_tokens) if "block_rule" in rules else min(draw, remaining - 1)
+        blocks = n // s.L + 1 if "block_rule" in rules else None
+        if algorithm == "si":
+            clock += s.t if call else 0.0
+            if blocks is None:  # D3, iteration by iteration
+                k = min(s.L, remaining - 1)
+                clock += k * s.d + s.t
+                committed += min(n, k) + gained if n < k else k + 1
+                restarting = n < k
+            else:
+                clock += blocks * (s.L * s.d + s.t)
+                committed += n + gained
+            continue
+        clock += _paper_dsi_epoch(s, n, remaining, blocks, rules)
+        committed += n + gained
+    return clock
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,6 +520,60 @@ def heatmaps(c: np.ndarray, a: np.ndarray, *, max_si_lookahead: int = 200, budge
             "budget feasible": np.isfinite(budget_rate)}
 
 
+def finite_heatmaps(c: np.ndarray, a: np.ndarray, *, n_tokens: int = 1000, n_runs: int = 20, seed: int = 0,
+                    max_si_lookahead: int = 200) -> dict[str, np.ndarray]:
+    r"""The heatmaps of :func:`heatmaps` in the paper's setting, simulated at a finite length
+    ``n_tokens`` as the paper's offline simulator does: per cell ``n_runs`` paths of SI (D3, at the
+    lookahead that is best asymptotically) and of DSI (:math:`L=1`, enough servers), all cells at once.
+
+    Keys: ``nonsi/si``, ``si/dsi``, ``nonsi/dsi``, ``baseline/dsi`` (ratios of mean latencies; the
+    baseline is the faster of SI and non-SI), ``si/dsi se`` (its
+    standard error by the delta method), and ``dsi z``, the z-score of DSI's mean latency against its
+    exact expectation :math:`ca(N-1)+(1-a)(N-1)+1` (Proposition 1, :math:`t=1`).
+    """
+    c, a = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(a, dtype=float))
+    if (c <= 0).any() or (c > 1).any() or (a < 0).any() or (a >= 1).any():
+        raise ValueError("finite_heatmaps: need 0 < c <= 1 and 0 <= a < 1")
+    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    _, si_lookahead = best_si_rate(1.0, c, a, max_si_lookahead)
+    rng = np.random.default_rng(seed)
+    cells = np.repeat(np.arange(c.size), n_runs)
+    pc, pa, pl = c.ravel()[cells], a.ravel()[cells], si_lookahead.ravel()[cells]
+    latency = {}
+    for algorithm in ("si", "dsi"):
+        position, clock = np.zeros(cells.size, dtype=np.int64), np.zeros(cells.size)
+        active = np.arange(cells.size)
+        while active.size:
+            remaining = n_tokens - position[active]
+            drafts = np.minimum(pl[active] if algorithm == "si" else remaining - 1, remaining - 1)
+            n = np.minimum(rng.geometric(1 - pa[active]) - 1, drafts)
+            # SI pays its k drafts and a pass; DSI at L = 1 without queueing pays n drafts and a pass
+            clock[active] += (drafts if algorithm == "si" else n) * pc[active] + 1.0
+            position[active] += n + 1
+            active = active[position[active] < n_tokens]
+        latency[algorithm] = clock.reshape(c.size, n_runs)
+    mean = {k: v.mean(axis=1) for k, v in latency.items()}
+    var = {k: v.var(axis=1, ddof=1) / n_runs for k, v in latency.items()}
+    ratio = mean["si"] / mean["dsi"]
+    exact = c.ravel() * a.ravel() * (n_tokens - 1) + (1 - a.ravel()) * (n_tokens - 1) + 1
+    shape = c.shape
+    return {"nonsi/si": (n_tokens / mean["si"]).reshape(shape), "si/dsi": ratio.reshape(shape),
+            "baseline/dsi": (np.minimum(mean["si"], n_tokens) / mean["dsi"]).reshape(shape),
+            "nonsi/dsi": (n_tokens / mean["dsi"]).reshape(shape),
+            "si/dsi se": (ratio * np.sqrt(var["si"] / mean["si"] ** 2 + var["dsi"] / mean["dsi"] ** 2)).reshape(shape),
+            "dsi z": ((mean["dsi"] - exact) / np.sqrt(np.maximum(var["dsi"], 1e-300))).reshape(shape)}
+
+
+def draw_heatmap(ax, c_grid: np.ndarray, a_grid: np.ndarray, ratio: np.ndarray, title: str):
+    """One log2-ratio map over (c, a), red where the second algorithm is slower, with the line a = c."""
+    image = ax.pcolormesh(c_grid, a_grid, np.log2(ratio).T, cmap="RdBu", vmin=-2, vmax=2, shading="nearest")
+    ax.plot([0, 0.99], [0, 0.99], "k--", linewidth=0.8)
+    ax.set_title(f"{title}: {ratio.min():.2f} to {ratio.max():.2f}", fontsize=9)
+    ax.set_xlabel("c = d / t")
+    ax.set_ylabel("acceptance a")
+    return image
+
+
 @dataclass(frozen=True)
 class PaperRow:
     """A row of the paper's Table 1 (PMLR version): latencies in ms, drafter fraction, acceptance, DSI/SI."""
@@ -520,27 +603,43 @@ PAPER_TABLE_1 = tuple(PaperRow(*row) for row in [
 """Table 1 of Timor et al. (PMLR 262, 2024); ``c`` is the unrounded d % column over 100."""
 
 
+def paper_lookaheads(c: float, lookaheads: Iterable[int] = (1, 5, 10),
+                     budget: int = PAPER_SERVER_BUDGET) -> tuple[int, ...]:
+    r"""The lookaheads the paper's simulator runs DSI with: those needing at most ``budget`` target
+    servers, :math:`\lceil 1/(Lc)\rceil\le` ``budget`` (S1 with :math:`t=1`, :math:`d=c`)."""
+    feasible = tuple(L for L in lookaheads if servers_needed(1.0, c, L) <= budget)
+    if not feasible:
+        raise ValueError(f"lookaheads {tuple(lookaheads)}: none needs at most {budget} servers at c={c}")
+    return feasible
+
+
 def table_speedup(row: PaperRow, *, n_tokens: int = 50, lookaheads: tuple[int, ...] = (1, 5, 10),
-                  sp_degree: int = 7, handicaps: Iterable[str] | None = None, n_runs: int = 0,
-                  seed: int = 0) -> dict[str, Any]:
-    r"""DSI/SI for one row: SI at its best lookahead against DSI at its best lookahead on ``sp_degree``
-    servers, with :math:`t=1`, :math:`d=c` (the speedup depends on :math:`t,d` only through :math:`c`).
+                  sp_degree: int = PAPER_SERVER_BUDGET, handicaps: Iterable[str] | None = None,
+                  n_runs: int = 0, seed: int = 0) -> dict[str, Any]:
+    r"""DSI/SI for one row: SI at its best lookahead against DSI at its best lookahead among those that
+    need at most ``sp_degree`` servers (:func:`paper_lookaheads`), on that many servers, with
+    :math:`t=1`, :math:`d=c` (the speedup depends on :math:`t,d` only through :math:`c`).
 
     ``handicaps=None`` gives exact expectations of the idealised model; otherwise means of ``n_runs``
-    paths of :func:`emulate_paper` with those rules (the latency arrays of the best configurations are
-    returned too, under ``si runs`` and ``dsi runs``).
+    paths of :func:`emulate_paper` with those rules, a wall-clock second being :math:`1000/t_{ms}`
+    target passes (the latency arrays of the best configurations are returned too, under ``si runs``
+    and ``dsi runs``).
     """
     common = dict(target_latency=1.0, drafter_latency=row.c, acceptance_rate=row.acceptance, n_tokens=n_tokens)
+    dsi_lookaheads = paper_lookaheads(row.c, lookaheads, sp_degree)
     if handicaps is None:
         si = {L: expected_latency("si", lookahead=L, **common) for L in lookaheads}
-        dsi = {L: expected_latency("dsi", lookahead=L, sp_degree=sp_degree, **common) for L in lookaheads}
+        dsi = {L: expected_latency("dsi", lookahead=L, sp_degree=sp_degree, **common) for L in dsi_lookaheads}
     else:
-        runs = {(algorithm, L): emulate_paper(algorithm, lookahead=L, sp_degree=sp_degree, handicaps=handicaps,
-                                              n_runs=_at_least_one("n_runs", n_runs), seed=seed + 7 * L + (algorithm == "dsi"),
-                                              **common)
-                for algorithm in ("si", "dsi") for L in lookaheads}
+        n_runs = _at_least_one("n_runs", n_runs)
+        runs = {}
+        for algorithm, choices in (("si", lookaheads), ("dsi", dsi_lookaheads)):
+            for L in choices:
+                runs[algorithm, L] = emulate_paper(
+                    algorithm, lookahead=L, sp_degree=sp_degree, handicaps=handicaps, n_runs=n_runs,
+                    seed=seed + 7 * L + (algorithm == "dsi"), second=1000.0 / row.t, **common)
         si = {L: runs["si", L].mean() for L in lookaheads}
-        dsi = {L: runs["dsi", L].mean() for L in lookaheads}
+        dsi = {L: runs["dsi", L].mean() for L in dsi_lookaheads}
     best_si, best_dsi = min(si, key=si.get), min(dsi, key=dsi.get)
     result = {"speedup": si[best_si] / dsi[best_dsi], "si lookahead": best_si, "dsi lookahead": best_dsi}
     if handicaps is not None:
@@ -559,6 +658,79 @@ def ratio_of_means_band(numerator: np.ndarray, denominator: np.ndarray, batch: i
     return float(low), float(high)
 
 
+@dataclass
+class PaperTable:
+    """Table 1 set beside the model: the paper's speedups, the idealised model's (exact expectations),
+    the emulation's mean speedup with the simulator's rules switched on cumulatively
+    (``emulated[stage]``; stage ``"none"`` is the emulator with no rule, a Monte-Carlo estimate of the
+    idealised model), the 5-95% band of a 30-run estimate with every rule on, and DSI's lookaheads."""
+
+    rows: tuple[PaperRow, ...]
+    idealised: np.ndarray
+    emulated: dict[str, np.ndarray]
+    bands: np.ndarray
+    dsi_lookaheads: list[tuple[int, ...]]
+
+    @property
+    def paper(self) -> np.ndarray:
+        return np.array([row.speedup for row in self.rows])
+
+    def mean_gap(self) -> dict[str, float]:
+        """Mean of paper minus ours: ``"idealised"`` (exact), then each emulated stage."""
+        gaps = {"idealised": float(np.mean(self.paper - self.idealised))}
+        gaps.update({stage: float(np.mean(self.paper - values)) for stage, values in self.emulated.items()})
+        return gaps
+
+    def inside_bands(self) -> int:
+        """How many of the paper's speedups lie inside the 30-run band of the full emulation."""
+        return int(np.sum((self.bands[:, 0] <= self.paper) & (self.paper <= self.bands[:, 1])))
+
+    def bars(self, ax) -> None:
+        """Bars of the paper's, the idealised and the fully emulated speedup per row, with the band."""
+        x, final = np.arange(len(self.rows)), list(self.emulated.values())[-1]
+        ax.bar(x - 0.27, self.paper, 0.27, label="paper")
+        ax.bar(x, self.idealised, 0.27, label="idealised model")
+        ax.bar(x + 0.27, final, 0.27, label="paper's rules (emulated)")
+        ax.errorbar(x + 0.27, final, yerr=np.abs(self.bands.T - final), fmt="none", color="k", linewidth=0.8)
+        ax.axhline(1, color="k", linewidth=0.6)
+        ax.set_xticks(x, [f"{r.target} {r.dataset}" for r in self.rows], fontsize=6.5, rotation=60, ha="right")
+        ax.set_ylabel("DSI / SI speedup")
+        ax.legend(fontsize=7)
+
+    def text(self) -> str:
+        """The table as text, rules numbered R1, R2, ... in the order they are switched on; measured
+        (emulated) values are marked with a leading approximately-sign."""
+        stages = [stage for stage in self.emulated if stage != "none"]
+        head = (f"{'target, data':24s} {'c':>5s} {'a':>4s} {'DSI L':>6s} {'paper':>5s} {'ideal':>5s} "
+                + " ".join(f"{'R%d' % (k + 1):>5s}" for k in range(len(stages))) + "  30-run band")
+        lines = [head]
+        for i, row in enumerate(self.rows):
+            cells = " ".join(f"{'≈%.2f' % self.emulated[stage][i]:>5s}" for stage in stages)
+            lookaheads = ",".join(map(str, self.dsi_lookaheads[i]))
+            lines.append(f"{row.target + ' ' + row.dataset:24s} {row.c:5.3f} {row.acceptance:4.2f} "
+                         f"{lookaheads:>6s} {row.speedup:5.2f} {self.idealised[i]:5.2f} {cells}  "
+                         + "≈[%.2f, %.2f]" % tuple(self.bands[i]))
+        legend = ", ".join(f"R{k + 1} {stage}" for k, stage in enumerate(stages))
+        return "\n".join(lines + [f"rules switched on cumulatively: {legend}"])
+
+
+def paper_table(*, n_runs: int, seed: int = 0, rows: tuple[PaperRow, ...] = PAPER_TABLE_1) -> PaperTable:
+    """:class:`PaperTable` of ``rows``: exact idealised speedups, then :func:`table_speedup` with the
+    first k rules of :data:`PAPER_HANDICAPS` for k = 0..6 (``n_runs`` paths per configuration)."""
+    idealised = np.array([table_speedup(row)["speedup"] for row in rows])
+    emulated, last = {}, []
+    for k in range(len(PAPER_HANDICAPS) + 1):
+        results = [table_speedup(row, handicaps=PAPER_HANDICAPS[:k], n_runs=n_runs, seed=seed + 11 * i)
+                   for i, row in enumerate(rows)]
+        emulated["none" if k == 0 else PAPER_HANDICAPS[k - 1]] = np.array([r["speedup"] for r in results])
+        last = results
+    bands = np.array([ratio_of_means_band(r["si runs"], r["dsi runs"], seed=seed + i)
+                      for i, r in enumerate(last)])
+    return PaperTable(rows, idealised, emulated, bands, [paper_lookaheads(row.c) for row in rows])
+
+
 # The concurrent engine lives in its own module; it is part of this chapter's interface.
 from .speculative_engine import (Decider, GenerationResult, Jittered, acceptance_trace,  # noqa: E402,F401
-                                 control_prompt, generate, goodness_of_fit)
+                                 control_prompt, engine_overheads, generate, goodness_of_fit,
+                                 mean_pass_times, predicted_orderings, sampled_counts,
+                                 timed_against_model, wall_clock_text)

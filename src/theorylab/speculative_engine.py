@@ -354,6 +354,22 @@ class Jittered:
         return logits
 
 
+def sampled_counts(target: Scorer, drafter: Scorer, prompt: Sequence[int], n_tokens: int, draws: int, *,
+                   algorithm: str = "dsi", lookahead: int = 1, sp_degree: int = 1, rule: str = "residual",
+                   seed: int = 0) -> np.ndarray:
+    """Counts, of shape ``(vocab,)*n_tokens``, of the continuations of ``draws`` generations at
+    temperature 1, generation ``i`` seeded ``seed + i`` (compare with the exact law by
+    :func:`goodness_of_fit`)."""
+    if draws < 1 or n_tokens < 1:
+        raise ValueError(f"sampled_counts: need draws >= 1 and n_tokens >= 1, got {draws}, {n_tokens}")
+    counts = np.zeros((target.vocab,) * n_tokens)
+    for draw in range(draws):
+        out = generate(algorithm, target, drafter, prompt, n_tokens, lookahead=lookahead, sp_degree=sp_degree,
+                       temperature=1.0, seed=seed + draw, rule=rule).tokens
+        counts[tuple(out)] += 1
+    return counts
+
+
 def goodness_of_fit(counts: np.ndarray, law: np.ndarray, min_expected: float = 5.0) -> float:
     """p-value of Pearson's chi-square test of ``counts`` against the exact ``law``; cells expected fewer than
     ``min_expected`` times are pooled into one (the chi-square approximation needs it)."""
@@ -380,3 +396,83 @@ def control_prompt(target: Scorer, drafter: Scorer, candidates: Sequence[Sequenc
         return float((((overlap + (1 - overlap.sum()) * p) - p) ** 2 / p).sum())
 
     return list(max(candidates, key=lambda prompt: divergence(list(prompt))))
+
+
+def mean_pass_times(result: GenerationResult) -> tuple[float, float]:
+    """Mean measured target and drafter pass times of a run, preempted passes excluded (drafter 0 if
+    the run drafted nothing)."""
+    verify = [b.end - b.start for b in result.intervals if b.kind in ("verify", "decode")]
+    drafts = [b.end - b.start for b in result.intervals if b.kind == "draft"]
+    return float(np.mean(verify)), float(np.mean(drafts)) if drafts else 0.0
+
+
+def timed_against_model(targets, drafter: Scorer, prompt: Sequence[int], trace: Sequence[int], *,
+                        c: float, target_seconds: float, n_tokens: int = 50, iid_runs: int = 2000,
+                        seed: int = 0) -> dict[str, dict]:
+    r"""Time non-SI, SI and DSI once each, padded to :math:`t` = ``target_seconds`` and :math:`d=ct`,
+    and set beside each run what the latency model says with the run's measured mean pass times:
+
+    * ``replay``: the run's own acceptance pattern ``trace`` replayed (a fit, not a prediction);
+    * ``iid``: the i.i.d. model's exact expectation at :math:`\hat a` estimated from ``trace``, and
+      ``iid band``, the 0.5-99.5% quantiles of one run's latency under that model (``iid_runs``
+      simulated runs): the prediction.
+
+    SI runs at the lookahead the i.i.d. model finds best at :math:`\hat a` (1..10); DSI at :math:`L=1`
+    on :math:`\lceil 1/c\rceil` servers.
+    """
+    from .speculative import expected_latency, estimate_acceptance_rate, replay, servers_needed, simulate
+
+    a_hat = estimate_acceptance_rate(trace)
+    si_lookahead = min(range(1, 11), key=lambda L: expected_latency(
+        "si", target_latency=1, drafter_latency=c, acceptance_rate=a_hat, lookahead=L, n_tokens=n_tokens))
+    plans = {"nonsi": dict(lookahead=1), "si": dict(lookahead=si_lookahead),
+             "dsi": dict(lookahead=1, sp_degree=servers_needed(1.0, c, 1))}
+    timed = {}
+    for k, (algorithm, plan) in enumerate(plans.items()):
+        run = generate(algorithm, targets, drafter, prompt, n_tokens, target_delay=target_seconds,
+                       drafter_delay=c * target_seconds, **plan)
+        t_hat, d_hat = mean_pass_times(run)
+        model = dict(target_latency=t_hat, drafter_latency=d_hat or c * target_seconds, **plan)
+        paths = simulate(algorithm, acceptance_rate=a_hat, n_tokens=n_tokens, n_runs=iid_runs,
+                         seed=seed + k, **model)
+        timed[algorithm] = dict(seconds=run.seconds, replay=replay(algorithm, trace, **model),
+                                iid=expected_latency(algorithm, acceptance_rate=a_hat, n_tokens=n_tokens, **model),
+                                iid_band=tuple(np.quantile(paths, [0.005, 0.995])), run=run, plan=plan,
+                                a_hat=a_hat)
+    return timed
+
+
+def predicted_orderings(timed: dict, margin: float = 1.1) -> list[tuple]:
+    """Pairs (c, fast, slow, predicted, measured) of :func:`timed_against_model` results keyed by
+    (c, algorithm) where the replay predicts ``slow``/``fast`` above ``margin``; ``measured`` is the
+    ratio on the clock."""
+    found = []
+    for c in sorted({c for c, _ in timed}):
+        for fast, slow in (("si", "nonsi"), ("dsi", "si"), ("dsi", "nonsi")):
+            predicted = timed[c, slow]["replay"] / timed[c, fast]["replay"]
+            if predicted > margin:
+                found.append((c, fast, slow, predicted, timed[c, slow]["seconds"] / timed[c, fast]["seconds"]))
+    return found
+
+
+def engine_overheads(dsi_runs: Sequence[GenerationResult], cs: Sequence[float], target_seconds: float
+                     ) -> tuple[float, float]:
+    """Mean verification time over the padded :math:`t`, minus 1, and mean preemption-to-restart
+    delay over :math:`d=ct`, of padded DSI runs made at drafter fractions ``cs``."""
+    overhead = np.mean([(b.end - b.start) / target_seconds - 1 for r in dsi_runs for b in r.intervals
+                        if b.kind == "verify"])
+    restart = np.mean([np.mean(r.restart_delays) / (c * target_seconds) for r, c in zip(dsi_runs, cs, strict=True)])
+    return float(overhead), float(restart)
+
+
+def wall_clock_text(timed: dict) -> str:
+    """One line per (c, algorithm): the plan, measured seconds, replay and i.i.d. prediction (measured
+    values marked with an approximately-sign)."""
+    lines = []
+    for (c, algorithm), v in timed.items():
+        mark = "≈" if algorithm == "si" else ""  # SI's lookahead is chosen at the measured a_hat
+        plan = ", ".join(f"{k} {mark}{n}" for k, n in v["plan"].items())
+        low, high = v["iid_band"]
+        lines.append(f"c={c} {algorithm:5s} ({plan}): measured ≈{v['seconds']:.3f} s, replay "
+                     f"≈{v['replay']:.3f} s, i.i.d. model ≈{v['iid']:.3f} s, band ≈[{low:.3f}, {high:.3f}]")
+    return "\n".join(lines)

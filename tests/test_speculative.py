@@ -341,3 +341,56 @@ def test_dsi_runs_only_with_at_most_seven_servers():
     assert sp.paper_lookaheads(0.065) == (5, 10)  # the Vicuna rows cannot run DSI at L = 1
     with pytest.raises(ValueError, match="servers"):
         sp.paper_lookaheads(0.01, (1, 5, 10))
+
+
+def test_finite_heatmaps_agree_with_exact_finite_expectations():
+    c, a = np.array([0.1, 0.4]), np.array([0.8, 0.5])
+    maps = sp.finite_heatmaps(c, a, n_tokens=300, n_runs=400, seed=2)
+    _, lookahead = sp.best_si_rate(1.0, c, a)
+    for i in range(2):
+        kw = dict(target_latency=1.0, drafter_latency=c[i], acceptance_rate=a[i], n_tokens=300)
+        si = sp.expected_latency("si", lookahead=int(lookahead[i]), **kw)
+        dsi = sp.expected_latency("dsi", lookahead=1, **kw)
+        assert abs(maps["si/dsi"][i] / (si / dsi) - 1) < 5 * maps["si/dsi se"][i] / maps["si/dsi"][i]
+        assert abs(maps["dsi z"][i]) < 5
+        assert maps["nonsi/dsi"][i] == pytest.approx(300 / dsi, rel=0.02)
+    with pytest.raises(ValueError, match="0 <= a < 1"):
+        sp.finite_heatmaps(np.array([0.1]), np.array([1.0]))
+
+
+def test_pathwise_ratio_finds_the_violation_only_without_the_thread():
+    worst = sp.worst_pathwise_ratio(n_settings=20, paths=2000, seed=1)
+    assert worst["Ld <= t"] <= 1 + 1e-12 and worst["Ld > t, non-SI thread"] <= 1 + 1e-12
+    assert worst["Ld > t"] > 1
+
+
+def test_paper_table_summaries_follow_their_definitions():
+    table = sp.paper_table(n_runs=30, seed=1)
+    paper = np.array([row.speedup for row in sp.PAPER_TABLE_1])
+    assert table.mean_gap()["idealised"] == pytest.approx(np.mean(paper - table.idealised))
+    assert list(table.emulated) == ["none", *sp.PAPER_HANDICAPS]
+    inside = sum(low <= p <= high for (low, high), p in zip(table.bands, paper, strict=True))
+    assert table.inside_bands() == inside
+    assert len(table.text().splitlines()) == len(paper) + 2
+
+
+def test_symbolic_identities_hold_numerically_too():
+    checked, crossover = sp.symbolic_identities(max_lookahead=3)
+    assert checked == [True, True, True] and crossover == ["a*t"]
+    rng = np.random.default_rng(0)
+    for a, d, t, L in zip(rng.uniform(0.05, 0.95, 20), rng.uniform(0.01, 1, 20), rng.uniform(1, 2, 20),
+                          rng.integers(1, 7, 20), strict=True):
+        s = [sum(a**k for k in range(i)) for i in range(L + 2)]
+        gap = (1 - a) / ((1 - a ** (L + 1)) * s[L]) * (t * a ** (L + 1) * s[L] - L * d * (a**L + a ** (L + 1) - 1))
+        assert float(sp.si_rate(t, d, a, L) - sp.dsi_rate(t, d, a, L)) == pytest.approx(gap, rel=1e-9, abs=1e-12)
+    assert sp.si_rate(1.0, 0.3, 0.3, 1) == pytest.approx(1.0)  # the crossover d = a t at L = 1
+
+
+def test_theorem_2_grid_is_the_worst_case_over_its_grid():
+    worst_finite, worst_rate = sp.theorem_2_grid((0.1, 0.5), (0.3, 0.9), (1, 4), n_tokens=20)
+    ratios = [sp.expected_latency("dsi", target_latency=1.0, drafter_latency=c, acceptance_rate=a, lookahead=L,
+                                  n_tokens=20)
+              / sp.expected_latency("si", target_latency=1.0, drafter_latency=c, acceptance_rate=a, lookahead=L,
+                                    n_tokens=20)
+              for c in (0.1, 0.5) for a in (0.3, 0.9) for L in (1, 4)]
+    assert worst_finite == pytest.approx(max(ratios)) and worst_finite < 1 and worst_rate <= 1e-12

@@ -145,3 +145,13 @@ def test_control_prompt_picks_the_largest_divergence(models):
     candidates = [[a, b] for a in range(VOCAB) for b in range(VOCAB)]
     chosen = sp.control_prompt(target, drafter, candidates)
     assert chosen in candidates
+
+
+def test_sampled_counts_count_every_draw_and_do_not_depend_on_servers(models):
+    target, drafter = models
+    one = sp.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=2, sp_degree=1, seed=3)
+    four = sp.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=1, sp_degree=4, seed=3)
+    assert one.shape == (VOCAB,) * 3 and one.sum() == 40
+    np.testing.assert_array_equal(one, four)  # decisions keyed by position: same seed, same output
+    with pytest.raises(ValueError, match="draws"):
+        sp.sampled_counts(target, drafter, [1, 2], 3, 0)

@@ -225,6 +225,52 @@ def best_si_rate(t: Any, d: Any, a: Any, max_lookahead: int = 200) -> tuple[np.n
     return rates.min(axis=0), lookaheads.ravel()[rates.argmin(axis=0)]
 
 
+def symbolic_identities(max_lookahead: int = 6) -> tuple[list[bool], list]:
+    r"""SymPy checks, for :math:`L=1..` ``max_lookahead``, of the identities the proofs use, with
+    :math:`s_i=\sum_{k<i}a^k`: tokens per SI iteration :math:`=s_{L+1}`;
+    :math:`\mathbb E\lceil n/L\rceil=a/(1-a^L)` as a power series up to :math:`a^{39}`;
+    :math:`\rho_{SI}-\rho_{DSI}=\frac{1-a}{(1-a^{L+1})s_L}\big(ta^{L+1}s_L-Ld(a^L+a^{L+1}-1)\big)`;
+    and :math:`a^{L+1}s_L-L(a^L+a^{L+1}-1)=(1-a)\big(Ls_L-a^{L+1}\sum_{i<L}s_i\big)`. Returns one
+    verdict per :math:`L` and the solutions :math:`d` of :math:`\rho_{SI}(1)=t` (Proposition 3's
+    crossover)."""
+    import sympy
+
+    a, d, t = sympy.symbols("a d t", positive=True)
+    checked = []
+    for L in range(1, _at_least_one("max_lookahead", max_lookahead) + 1):
+        def s(i):
+            return sum(a**k for k in range(i))
+        tokens = sum(a**j * (1 - a) * (j + 1) for j in range(L)) + a**L * (L + 1)
+        ceiling = sum(a**n * (1 - a) * math.ceil(n / L) for n in range(40))
+        rho_si = (L * d + t) * (1 - a) / (1 - a ** (L + 1))
+        rho_dsi = (1 - a) * (t + L * d * a / (1 - a**L))
+        gap = (1 - a) / ((1 - a ** (L + 1)) * s(L)) * (t * a ** (L + 1) * s(L) - L * d * (a**L + a ** (L + 1) - 1))
+        f = a ** (L + 1) * s(L) - L * (a**L + a ** (L + 1) - 1)
+        checked.append(sympy.simplify(tokens - s(L + 1)) == 0
+                       and sympy.series(a / (1 - a**L) - ceiling, a, 0, 40).removeO() == 0
+                       and sympy.simplify(rho_si - rho_dsi - gap) == 0
+                       and sympy.expand(f - (1 - a) * (L * s(L) - a ** (L + 1) * sum(s(i) for i in range(1, L)))) == 0)
+    crossover = sympy.solve(sympy.Eq((d + t) * (1 - a) / (1 - a**2), t), d)
+    return checked, [sympy.sstr(root) for root in crossover]
+
+
+def theorem_2_grid(cs: Iterable[float], accs: Iterable[float], lookaheads: Iterable[int], n_tokens: int = 50
+                   ) -> tuple[float, float]:
+    r"""Over a grid of :math:`(c,a,L)` with :math:`t=1` and enough servers: the largest
+    :math:`\mathbb E T_{DSI}/\mathbb E T_{SI}` at ``n_tokens`` (same lookahead), and the largest of
+    :math:`\rho_{DSI}(L)-\rho_{SI}(L)` and :math:`\rho_{DSI}(1)-\rho_{DSI}(L)` (Theorem 2 says both
+    are at most 0)."""
+    worst_finite, worst_rate = -np.inf, -np.inf
+    for c in cs:
+        for a in accs:
+            for L in lookaheads:
+                kw = dict(target_latency=1.0, drafter_latency=c, acceptance_rate=a, lookahead=L, n_tokens=n_tokens)
+                worst_finite = max(worst_finite, expected_latency("dsi", **kw) / expected_latency("si", **kw))
+                worst_rate = max(worst_rate, float(dsi_rate(1, c, a, L) - si_rate(1, c, a, L)),
+                                 float(dsi_rate(1, c, a, 1) - dsi_rate(1, c, a, L)))
+    return worst_finite, worst_rate
+
+
 # ----------------------------------------------------------------------------------------------
 # Sampled paths and trace replay
 
@@ -271,6 +317,29 @@ def simulate(algorithm: str, *, target_latency: float, drafter_latency: float, a
         return np.minimum(rng.geometric(1 - s.a, size=runs.size) - 1, caps)
 
     return _walk(algorithm, s, n_tokens, n_runs, draw)
+
+
+def worst_pathwise_ratio(*, n_settings: int, paths: int, n_tokens: int = 50, seed: int = 0) -> dict[str, float]:
+    r"""Largest :math:`T_{DSI}/(Nt)` over sampled paths of random settings with
+    :math:`\lceil 1/(Lc)\rceil` servers, in three cases: ``"Ld <= t"`` (:math:`c\sim U(0.01,1)`,
+    :math:`L\le 1/c`), ``"Ld > t"`` (:math:`c\sim U(0.3,1)`, :math:`1/c<L<8`) and the same with the
+    non-SI thread; :math:`a\sim U(0,0.99)`, ``paths // n_settings`` paths per setting (Theorem 1)."""
+    rng = np.random.default_rng(seed)
+    worst = {"Ld <= t": 0.0, "Ld > t": 0.0, "Ld > t, non-SI thread": 0.0}
+    for k in range(_at_least_one("n_settings", n_settings)):
+        a = rng.uniform(0, 0.99)
+        for case in worst:
+            if case == "Ld <= t":
+                c = rng.uniform(0.01, 1)
+                L = int(rng.integers(1, max(1, int(1 / c)) + 1))
+            else:
+                c = rng.uniform(0.3, 1)
+                L = int(rng.integers(math.floor(1 / c) + 1, 8))
+            runs = simulate("dsi", target_latency=1.0, drafter_latency=c, acceptance_rate=a, lookahead=L,
+                            n_tokens=n_tokens, n_runs=max(1, paths // n_settings), seed=seed + 3 * k + len(case),
+                            sp_degree=servers_needed(1.0, c, L), nonsi_thread=case.endswith("thread"))
+            worst[case] = max(worst[case], float(runs.max()) / n_tokens)
+    return worst
 
 
 def replay(algorithm: str, run_lengths: Iterable[int], *, target_latency: float, drafter_latency: float,
@@ -732,5 +801,6 @@ def paper_table(*, n_runs: int, seed: int = 0, rows: tuple[PaperRow, ...] = PAPE
 # The concurrent engine lives in its own module; it is part of this chapter's interface.
 from .speculative_engine import (Decider, GenerationResult, Jittered, acceptance_trace,  # noqa: E402,F401
                                  control_prompt, engine_overheads, generate, goodness_of_fit,
-                                 mean_pass_times, predicted_orderings, sampled_counts,
-                                 timed_against_model, wall_clock_text)
+                                 greedy_mismatches, mean_pass_times, predicted_orderings,
+                                 sampled_counts, server_sweep, timed_against_model, train_pair,
+                                 wall_clock_text)

@@ -476,3 +476,55 @@ def wall_clock_text(timed: dict) -> str:
         lines.append(f"c={c} {algorithm:5s} ({plan}): measured ≈{v['seconds']:.3f} s, replay "
                      f"≈{v['replay']:.3f} s, i.i.d. model ≈{v['iid']:.3f} s, band ≈[{low:.3f}, {high:.3f}]")
     return "\n".join(lines)
+
+
+def train_pair(*, vocab: int = 16, width: int, steps: int, seed: int = 0):
+    """The chapter's models, on text from a random order-2 Markov source over ``vocab`` tokens
+    (2000 sequences of 41): a small causal transformer (the target) and a bigram table distilled from
+    it (the drafter). Returns ``(source, target_model, drafter_model, target_loss, distillation_kl)``."""
+    import torch
+
+    from . import tinylm
+
+    source = tinylm.markov_source(vocab, order=2, alpha=0.2, context_weight=0.3, seed=seed)
+    text = tinylm.sample_text(source, 2000, 41, seed=seed + 1)
+    torch.manual_seed(seed)
+    target_model = tinylm.TinyTransformer(vocab, width=width, max_len=64)
+    target_losses = tinylm.train_lm(target_model, text, steps=steps, lr=5e-3, seed=seed)
+    drafter_model = tinylm.BigramLM(vocab)
+    drafter_losses = tinylm.train_lm(drafter_model, text, steps=200, lr=5e-2, seed=seed, teacher=target_model)
+    return source, target_model, drafter_model, target_losses[-1], drafter_losses[-1]
+
+
+def greedy_mismatches(target: Scorer, drafter: Scorer, prompts: Sequence[Sequence[int]], n_tokens: int
+                      ) -> tuple[int, int, list[list[int]]]:
+    """Run SI and DSI with L in {1, 3} and P in {1, 2, 4} on every prompt, with timing jitter, against
+    the target's own greedy decode. Returns (mismatching runs, runs, the acceptance trace per prompt)."""
+    mismatches, compared, traces = 0, 0, []
+    for k, prompt in enumerate(prompts):
+        reference = generate("nonsi", target, drafter, prompt, n_tokens).tokens
+        traces.append(acceptance_trace(drafter, prompt, reference))
+        for algorithm in ("si", "dsi"):
+            for lookahead in (1, 3):
+                for sp_degree in (1, 2, 4):
+                    out = generate(algorithm, Jittered(target, seed=k), Jittered(drafter, seed=k + 99), prompt,
+                                   n_tokens, lookahead=lookahead, sp_degree=sp_degree)
+                    mismatches += out.tokens != reference
+                    compared += 1
+    return mismatches, compared, traces
+
+
+def server_sweep(targets, drafter: Scorer, prompt: Sequence[int], trace: Sequence[int], *, servers: Sequence[int],
+                 lookahead: int, c: float, target_seconds: float, n_tokens: int = 50) -> dict[int, tuple[float, float]]:
+    """For each number of servers P: (measured seconds of one padded DSI run, its replay through the FIFO
+    latency model with the run's measured mean pass times)."""
+    from .speculative import replay
+
+    sweep = {}
+    for P in servers:
+        run = generate("dsi", targets, drafter, prompt, n_tokens, lookahead=lookahead, sp_degree=P,
+                       target_delay=target_seconds, drafter_delay=c * target_seconds)
+        t_hat, d_hat = mean_pass_times(run)
+        sweep[P] = (run.seconds, replay("dsi", trace, target_latency=t_hat, drafter_latency=d_hat,
+                                        lookahead=lookahead, sp_degree=P))
+    return sweep

@@ -6,8 +6,9 @@
 2. the multi-task solve at n = 10^5 against a sparse direct solve of (I + rCΣ)β = b (target: relative
    error 1e-8 in under 30 s on 2 CPU cores);
 3. the cost of one Hessian-vector product at n = 10^5 against a SciPy CSR matrix-vector product
-   (target: within 5x): the generic forward-mode product, and the traced-once linearization that CG
-   uses for the multi-task model, whose Jacobian is constant;
+   (target: within 5x): forward mode, the replayed reverse-mode pullback that the solver uses for a
+   generic agent, and the traced-once linearization that CG uses for the multi-task model, whose
+   Jacobian is constant;
 4. outer steps and CG iterations at n = 10^5 against n = 10^3;
 5. CG with one torch thread against two.
 """
@@ -20,7 +21,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch.func import jvp, linearize
+from torch.func import jvp, linearize, vjp
 
 from theorylab import contracts as ct
 from theorylab.runtime import median_seconds
@@ -65,17 +66,21 @@ def hvp_cost(n: int) -> None:
         start = time.perf_counter()
         _, linear = linearize(first_order, action)
         setup = time.perf_counter() - start
+    # The generic one-agent path (contracts._first_order_and_product): J u = J^T u from one
+    # reverse pass through G, recorded once per (theta, a) and replayed on every CG step.
+    pullback = vjp(first_order, action)[1]
     csr, u_np = env.C.to_scipy(), u.numpy()
     times = {
         "scipy CSR matvec": median_seconds(lambda: csr @ u_np, 200),
         "torch explicit tridiagonal matvec": median_seconds(lambda: env._cost_matvec(u), 200),
-        "torch.func.jvp of G (generic path)": median_seconds(lambda: jvp(first_order, (action,), (u,)), 200),
+        "torch.func.jvp of G (forward mode)": median_seconds(lambda: jvp(first_order, (action,), (u,)), 200),
+        "vjp pullback of G, replayed (generic)": median_seconds(lambda: pullback(u), 200),
         "linearize product (CG, multi-task)": median_seconds(lambda: linear(u), 200),
     }
     base = times["scipy CSR matvec"]
     for name, seconds in times.items():
         print(f"   {name:<36} {seconds * 1e6:8.1f} us  ratio to CSR {seconds / base:5.1f}x")
-    saved = times["torch.func.jvp of G (generic path)"] - times["linearize product (CG, multi-task)"]
+    saved = times["torch.func.jvp of G (forward mode)"] - times["linearize product (CG, multi-task)"]
     print(f"   (linearize costs {setup * 1e3:.0f} ms to trace, once per environment with a constant Jacobian; "
           f"it pays beyond {setup / saved:.0f} products)")
 

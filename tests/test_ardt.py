@@ -41,7 +41,7 @@ def test_dfa_bad_input_names_the_problem():
 
 
 @pytest.mark.parametrize("machine,tapes", [
-    ("increment", [("_", *map(int, format(v, "010b"))) for v in range(2 ** 10 - 1)]),
+    ("increment", [tuple(tape) for tape in ardt.increment_tapes(10)]),
     ("adder", [tuple([1] * a + [0] + [1] * b + ["_"] * 3) for a in range(5) for b in range(5)]),
 ])
 def test_compiled_turing_machine_matches_direct_simulation(machine, tapes):
@@ -203,3 +203,101 @@ def test_boolean_expressions_have_their_python_values():
     for tokens, value in zip(expressions, values, strict=True):
         text = " ".join(tokens).replace("T", "True").replace("F", "False").replace("&", "and").replace("|", "or")
         assert eval(text.replace("!", " not ")) == value  # noqa: S307 - our own generated tokens
+
+
+def test_dfa_batch_simulation_matches_the_plain_loop_and_the_tree_writes_every_state():
+    """Oracle: simulate_dfa, one input at a time; the tree's whole trace, not only its end."""
+    for transitions, start in DFAS.values():
+        dfa = ardt.compile_dfa(transitions, start)
+        for n in (1, 4, 7):
+            inputs = ardt.all_inputs(n, len(dfa.alphabet))
+            loop = [[dfa.states.index(q) for q in ardt.simulate_dfa(transitions, start, [dfa.alphabet[s] for s in row])]
+                    for row in inputs]
+            batch = ardt.simulate_dfa_batch(transitions, start, dfa.states, dfa.alphabet, inputs)
+            assert np.array_equal(batch, loop)
+            assert np.array_equal(dfa.trace_all(n), loop)
+        assert ardt.exhaustive_dfa_check(dfa, range(1, 8))
+
+
+def _aliased_dfa():
+    """States b and c behave identically; a tree may write c for b midway and still end right."""
+    transitions = {("a", 0): "a", ("a", 1): "b", ("b", 0): "a", ("b", 1): "b", ("c", 0): "a", ("c", 1): "b"}
+    dfa = ardt.compile_dfa(transitions, "a")
+    sym, state = (lambda x: ("sym", x)), (lambda q: ("state", q))
+
+    def subtree(q, write_b_as_c):
+        leaves = {sym(x): ardt.Leaf(state("c" if write_b_as_c and transitions[q, x] == "b" else transitions[q, x]))
+                  for x in (0, 1)}
+        return ardt.Node(1, False, leaves, ardt.Leaf(ardt.ERROR, True))
+
+    def step(write_b_as_c):
+        return ardt.Node(1, True, {state(q): subtree(q, write_b_as_c) for q in "abc"}, subtree("a", write_b_as_c))
+
+    # position 2 holds a symbol at every step but the last: there the tree writes c for b
+    root = ardt.Node(2, False, {sym(0): step(True), sym(1): step(True)}, step(False))
+    return dfa, ardt.CompiledDFA(ardt.WindowTree(root), dfa.transitions, "a", dfa.alphabet, dfa.states)
+
+
+def test_whole_trace_check_rejects_a_tree_that_is_right_only_on_final_states():
+    """The check on final states alone (the chapter's old check) passes this faulty tree; the whole-trace
+    check must not."""
+    honest, faulty = _aliased_dfa()
+    lengths = range(2, 9)
+    assert all(np.array_equal(faulty.run_all(n), honest.run_all(n)) for n in lengths)
+    assert ardt.exhaustive_dfa_check(honest, lengths)
+    assert not ardt.exhaustive_dfa_check(faulty, lengths)
+
+
+def test_increment_tapes_include_all_ones_and_the_tree_adds_one_to_every_number():
+    """Oracle: integer arithmetic. The all-ones number carries into the reserved cell."""
+    bits, spec = 6, ardt.increment_tm()
+    tapes = ardt.increment_tapes(bits)
+    assert len(tapes) == 2**bits and ["_", *[1] * bits] in tapes
+    tm = ardt.compile_turing_machine(spec["transitions"], "_", spec["halting"], bits + 1)
+    for tape in tapes:
+        state, _, final = tm.run(tape, "carry", bits, bits + 1)[-1]
+        assert state == "done" and ardt.tape_number(final) == ardt.tape_number(tape) + 1
+    assert ardt.exhaustive_tm_check(spec, tapes, "carry", None, bits + 1)
+    with pytest.raises(ValueError, match="bits"):
+        ardt.increment_tapes(0)
+
+
+def test_parity_sizes_are_computed_from_built_trees_and_match_the_closed_forms():
+    sizes = ardt.parity_sizes(range(2, 9))
+    assert sizes["lower bound"] == sizes["one-shot CART"] == [2**n for n in range(2, 9)]
+    assert sizes["ARDT, circuit"] == [4 * (n - 1) for n in range(2, 9)]
+    assert sizes["ARDT, automaton"] == [ardt.leaf_bound_dfa(2, 2)] * 7 == [9] * 7
+    with pytest.raises(ValueError, match=">= 2"):
+        ardt.parity_sizes([1, 3])
+
+
+def test_learned_parity_tree_asks_only_about_the_first_and_last_positions():
+    result = ardt.learn_from_traces(ardt.compile_dfa(*ardt.parity_dfa()), 10, (300, 900), seed=0)
+    assert result["exact"] == 1.0 and result["traces"] == 300
+    questions = result["tree"].questions()
+    assert {p for p, _ in questions} == {1, 10}
+    assert {c for p, c in questions if p == 10} == {3}  # the state q1 (codes: 0, 1, q0, q1)
+
+
+def test_drawing_labels_every_node_and_leaf_once():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = ardt.increment_tm()
+    for tree in (ardt.compile_dfa(*ardt.parity_dfa()).tree,
+                 ardt.compile_turing_machine(spec["transitions"], "_", spec["halting"], 4).tree):
+        fig, ax = plt.subplots()
+        ardt.draw_window_tree(tree, ax)
+        texts = [t.get_text() for t in ax.texts]
+        internal = sum(t.startswith("pos ") for t in texts)
+        assert internal == _count_internal(tree.root)
+        assert len([t for t in ax.texts if t.get_va() == "top"]) == tree.n_leaves
+        plt.close(fig)
+
+
+def _count_internal(node):
+    if isinstance(node, ardt.Leaf):
+        return 0
+    return 1 + sum(_count_internal(c) for c in node.children.values()) + _count_internal(node.default)

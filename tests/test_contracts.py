@@ -401,3 +401,227 @@ def test_traced_product_for_constant_jacobian_equals_minus_c_times_u():
     other = ct.tridiagonal_multitask_env(200, seed=8)
     np.testing.assert_allclose(ct._negative_jacobian_product(other, theta, theta)(u).numpy(),
                                other.C.to_scipy() @ u.numpy(), atol=1e-13)
+
+
+# ------------------------------------------------------------------ generic inner solver
+
+GENERIC_CASES = {
+    "single task": (ct.CaraNormal(2.0, 0.5, 1.5), [0.7]),
+    "sample average": (ct.CaraNormal(1.0, 1.0, 1.0, noise=np.random.default_rng(1).normal(size=(3, 8))),
+                       [0.2, 0.5, 0.9]),
+    "Poisson": (ct.CaraPoisson(4.0, 1.0), [0.05]),
+    "Poisson, quadratic cost": (ct.CaraPoissonQuadraticCost(1.0, 1.0), [0.3]),
+    "RPE": (ct.LinearRPE(1.0, 1.0, 1.0, 1.5, n_agents=3), [0.4, 0.5]),
+    "tournament": (ct.Tournament(1.3, 0.8, 0.9, 2.0), [0.9]),
+    "tournament, unequal exposure": (ct.Tournament(1.0, 1.0, 1.0, 2.0, loadings=(1.0, 0.4)), [1.1]),
+}
+
+
+@pytest.mark.parametrize("name", list(GENERIC_CASES))
+def test_generic_newton_best_response_matches_the_closed_form_oracle(name):
+    env, theta = GENERIC_CASES[name]
+    theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+    # The solver's best response is Newton's method on G; no closed form is used by it.
+    assert type(env).best_response in (ct.ContractEnv.best_response, ct.CaraPoisson.best_response)
+    generic = env.best_response(theta).numpy()
+    np.testing.assert_allclose(generic, env.closed_form_response(theta).numpy(), rtol=0, atol=1e-11)
+
+
+def test_best_response_fails_past_the_quadratic_cost_edge_and_the_oracle_at_it():
+    env = ct.CaraPoissonQuadraticCost(1.0, 1.0)
+    with pytest.raises(ct.BestResponseError, match="second-order condition"):
+        env.best_response(torch.tensor([env.edge_beta() + 1e-3], dtype=torch.float64))
+    # At the edge phi/c = 1/e exactly: the critical point a = 1 is an inflection point (U'' = 0).
+    with pytest.raises(ct.BestResponseError, match="1/e"):
+        env.closed_form_response(torch.tensor([env.edge_beta()], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ CARA-Poisson, quadratic cost (P2)
+
+def lambert_branch(r, c, beta):
+    from scipy.special import lambertw
+
+    phi = (1 - math.exp(-r * beta)) / r
+    return -lambertw(-phi / c, 0).real
+
+
+def test_response_slope_matches_finite_differences_of_the_lambert_branch():
+    env = ct.CaraPoissonQuadraticCost(1.0, 1.0)
+    h = 1e-6
+    finite = (lambert_branch(1.0, 1.0, 0.3 + h) - lambert_branch(1.0, 1.0, 0.3 - h)) / (2 * h)
+    assert finite == pytest.approx(1.740, abs=1e-3)  # the value without the factor e^a is 1.192
+    assert env.response_slope(0.3) == pytest.approx(finite, rel=1e-7)
+
+
+def branch_profit(r, c, beta):
+    a = lambert_branch(r, c, beta)
+    lam, phi = math.exp(a), (1 - math.exp(-r * beta)) / r
+    return lam - c * a * a / 2 - lam * (beta - phi)
+
+
+@pytest.mark.parametrize("r,c,beta", [(1.0, 1.0, 0.2), (1.0, 1.0, 0.45), (3.0, 0.8, 0.4)])
+def test_branch_profit_slope_matches_finite_differences(r, c, beta):
+    env, h = ct.CaraPoissonQuadraticCost(r, c), 1e-6
+    finite = (branch_profit(r, c, beta + h) - branch_profit(r, c, beta - h)) / (2 * h)
+    assert env.branch_profit_slope(beta) == pytest.approx(finite, rel=1e-6, abs=1e-8)
+
+
+def test_branch_profit_rises_to_the_edge_for_r_c_one_but_not_for_every_model():
+    increasing = ct.CaraPoissonQuadraticCost(1.0, 1.0)
+    grid = np.linspace(1e-4, increasing.edge_beta() * (1 - 1e-9), 2000)
+    assert min(increasing.branch_profit_slope(b) for b in grid) > 0
+    # r = 3, c = 0.8: profit falls on part of the branch, so an interior optimum exists ...
+    other = ct.CaraPoissonQuadraticCost(3.0, 0.8)
+    grid = np.linspace(1e-4, other.edge_beta() * (1 - 1e-9), 2000)
+    slopes = np.array([other.branch_profit_slope(b) for b in grid])
+    assert slopes.min() < 0
+    # ... yet near the edge it always rises (da/dbeta -> infinity while 1 - beta > 0).
+    assert slopes[-1] > 0
+    result = ct.solve(other, theta0=[0.1])
+    assert result.converged and result.beta < other.edge_beta() - 0.05
+    assert other.branch_profit_slope(result.beta) == pytest.approx(0.0, abs=1e-8)
+
+
+# ------------------------------------------------------------------ tournament with a simulated common shock
+
+@pytest.mark.parametrize("loadings", [(1.0, 1.0), (1.0, 0.3)])
+def test_tournament_win_probability_matches_brute_force_monte_carlo_with_explicit_shock(loadings):
+    env = ct.Tournament(1.0, 1.0, 0.8, 2.0, loadings=loadings)
+    rng = np.random.default_rng(0)
+    n, a1, a2 = 2_000_000, 0.4, 0.1
+    eta = rng.normal(size=n)  # one common draw for both agents
+    x1 = a1 + loadings[0] * 2.0 * eta + 0.8 * rng.normal(size=n)
+    x2 = a2 + loadings[1] * 2.0 * eta + 0.8 * rng.normal(size=n)
+    frequency = np.mean(x1 > x2)
+    p1 = env._win_probabilities(torch.tensor([a1, a2], dtype=torch.float64))[0].item()
+    assert abs(frequency - p1) <= 4 * math.sqrt(p1 * (1 - p1) / n)
+
+
+def test_tournament_quadrature_matches_the_effective_noise_closed_form():
+    env = ct.Tournament(1.0, 1.0, 1.0, 3.0, loadings=(1.0, 0.3))
+    p1 = env._win_probabilities(torch.tensor([0.4, 0.1], dtype=torch.float64))[0].item()
+    effective = math.sqrt(2 * 1.0 + 0.7**2 * 9.0)  # sd of x1 - x2 given the efforts
+    assert p1 == pytest.approx(ndtr(0.3 / effective), abs=1e-12)
+
+
+def cubic_root_spread(r, c, sigma):
+    a_coef, b_coef = 1 / (c * sigma * math.sqrt(math.pi)), 1 / (c * r * sigma**2 * math.pi)
+    u = brentq(lambda x: a_coef - b_coef * x - x / (1 - x**2), 1e-12, 1 - 1e-12, xtol=1e-15)
+    return 2 * math.atanh(u) / r
+
+
+def test_tournament_with_unequal_exposure_feels_the_common_shock():
+    # With loadings (1, 0.5) the shock does not cancel: the optimum is the cubic's at
+    # sigma_eff^2 = sigma^2 + 0.25 sigma_eta^2 / 2, far from the one that ignores the shock.
+    env = ct.Tournament(1.0, 1.0, 1.0, 2.0, loadings=(1.0, 0.5))
+    result = ct.solve(env, seed=0)
+    expected = cubic_root_spread(1.0, 1.0, math.sqrt(1.0 + 0.25 * 4.0 / 2))
+    assert result.converged and result.prize_spread == pytest.approx(expected, abs=1e-10)
+    assert abs(result.prize_spread - cubic_root_spread(1.0, 1.0, 1.0)) > 0.05
+
+
+def test_tournament_with_equal_exposure_is_flat_in_the_simulated_common_shock():
+    results = [ct.solve(ct.Tournament(1.0, 1.0, 1.0, shock), seed=0) for shock in (0.0, 1.5, 3.0)]
+    expected = cubic_root_spread(1.0, 1.0, 1.0)
+    for result in results:
+        assert result.converged and result.prize_spread == pytest.approx(expected, abs=1e-10)
+    profits = [result.profit for result in results]
+    assert max(profits) - min(profits) <= 1e-12
+    # the shock is in the model: the conditional means move with it, only their difference does not
+    env = results[0], ct.Tournament(1.0, 1.0, 1.0, 3.0)
+    assert float(env[1]._exposure.abs().max()) == 3.0
+
+
+def test_tournament_rejects_bad_loadings_and_nodes():
+    with pytest.raises(ValueError, match="loadings"):
+        ct.Tournament(1.0, 1.0, 1.0, 1.0, loadings=(1.0, float("nan")))
+    with pytest.raises(ValueError, match="shock_nodes"):
+        ct.Tournament(1.0, 1.0, 1.0, 1.0, shock_nodes=0)
+
+
+# ------------------------------------------------------------------ sample-average bias (S9)
+
+def numpy_sample_average_contracts(draws, r=1.0, c=1.0):
+    """Independent re-implementation: Newton on (1 - b)/c = R_N'(b) for every row at once."""
+    centred = draws - draws.mean(axis=1, keepdims=True)
+    b = np.full(draws.shape[0], 0.5)
+    for _ in range(30):
+        x = -r * b[:, None] * centred
+        w = np.exp(x - x.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        slope = -(w * centred).sum(axis=1)  # R_N'(b)
+        curvature = r * ((w * centred**2).sum(axis=1) - slope**2)  # R_N''(b)
+        b -= ((1 - b) / c - slope) / (-1 / c - curvature)
+    return b
+
+
+def test_sample_average_contracts_match_an_independent_newton_solver():
+    draws = np.random.default_rng(2).normal(size=(50, 16))
+    np.testing.assert_allclose(ct.sample_average_contracts(draws), numpy_sample_average_contracts(draws),
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_sample_average_bias_matches_the_delta_method_coefficient(size):
+    # N * bias = b1 + O(1/N); the O(1/N) remainder is allowed as 2/N (about 0.7/N is seen at N = 8).
+    draws = np.random.default_rng(size).normal(size=(4_000_000 // size, size))
+    betas = numpy_sample_average_contracts(draws)
+    scaled_bias = size * (betas.mean() - 0.5)
+    scaled_se = size * betas.std(ddof=1) / math.sqrt(betas.size)
+    b1 = ct.saa_bias_coefficient(1.0, 1.0, 1.0)
+    assert abs(scaled_bias - b1) <= 4 * scaled_se + 2 / size
+    # the single term -E[D]/k of the first-order argument alone is far off
+    assert abs(scaled_bias - 0.5 * math.exp(0.25) / 2) > 4 * scaled_se + 2 / size
+
+
+def test_saa_bias_coefficient_closed_form_for_r_c_sigma_one():
+    # beta* = 1/2, k = 2, s^2 beta^2 = 1/4: b1 = e^{1/4} (1/4 + 9/32)
+    assert ct.saa_bias_coefficient(1.0, 1.0, 1.0) == pytest.approx(math.exp(0.25) * (0.25 + 9 / 32), rel=1e-14)
+
+
+def test_side_by_side_marks_every_number_and_reports_the_gap():
+    table = ct.side_by_side([("beta*", 0.5, 0.5 + 2e-9), ("Delta*", 1.25, 1.25)])
+    lines = table.splitlines()
+    assert len(lines) == 3 and "solver" in lines[0] and "oracle" in lines[0]
+    assert lines[1].split() == ["beta*", "≈0.500000", "≈0.500000", "≈2e-09"]
+    assert lines[2].split()[-1] == "≈0e+00"
+
+
+def test_logistic_oracle_uses_every_start_and_agrees_across_them():
+    oracle = ct.logistic_optimum_oracle(1.0, 1.0, 1.0, 2.0, starts=3, seed=1)
+    assert oracle["start_profits"].shape == (3,)
+    assert oracle["profit"] >= oracle["start_profits"].max() - 1e-12
+    with pytest.raises(ValueError, match="starts"):
+        ct.logistic_optimum_oracle(1.0, 1.0, 1.0, 2.0, starts=0)
+
+
+# ------------------------------------------------------------------ experiment helpers of the chapter
+
+def test_cg_experiment_converges_to_the_banded_direct_solution():
+    curves = ct.cg_experiment((5.0,), (200,), 60, seed=1)
+    errors = curves[5.0, 200]
+    assert errors[0] == 1.0 and errors[-1] <= 1e-12
+    visible = errors > 1e-13  # below that, rounding, not the bound, sets the error
+    assert np.all((errors <= ct.cg_error_bound(5.0, np.arange(61)) * (1 + 1e-9))[visible])
+
+
+def test_compare_filters_matches_the_closed_forms():
+    out = ct.compare_filters(1.0, seed=3)
+    assert out["converged"]
+    assert out["profit"]["individual"] == pytest.approx(1 / 6, abs=1e-12)  # 1/(2c(1 + r c (1 + 1)))
+    assert max(abs(x - y) for x, y in zip(out["rpe"], out["rpe_oracle"], strict=True)) <= 1e-8
+    assert out["spread"] == pytest.approx(cubic_root_spread(1.0, 1.0, 1.0), abs=1e-10)
+    assert out["deviation_gain"] <= 1e-9
+
+
+def test_gradient_check_gaps_and_missing_closed_form():
+    env = ct.CaraNormal(2.0, 0.5, 1.5)
+    with_closed = ct.gradient_check(env, [0.3], lambda t: [env.profit_gradient(t[0])])
+    assert with_closed["implicit vs closed form"] <= 1e-12 and with_closed["FD vs closed form"] <= 1e-8
+    assert math.isnan(ct.gradient_check(env, [0.3])["implicit vs closed form"])
+
+
+def test_hypergradient_timings_cover_the_requested_sizes():
+    free, dense = ct.hypergradient_timings([200, 400], [200])
+    assert sorted(free) == [200, 400] and list(dense) == [200]
+    assert all(seconds > 0 for seconds in [*free.values(), *dense.values()])

@@ -394,3 +394,34 @@ def test_theorem_2_grid_is_the_worst_case_over_its_grid():
                                     n_tokens=20)
               for c in (0.1, 0.5) for a in (0.3, 0.9) for L in (1, 4)]
     assert worst_finite == pytest.approx(max(ratios)) and worst_finite < 1 and worst_rate <= 1e-12
+
+
+def test_closing_restart_cost_interpolates_the_sign_change():
+    table = sp.PaperTable(sp.PAPER_TABLE_1[:1], np.ones(1), {}, np.zeros((1, 2)), [(5, 10)],
+                          {0.0: -0.2, 10.0: -0.1, 20.0: 0.1})
+    assert table.closing_restart_ms() == pytest.approx(15.0)
+    table.restart_gaps = {0.0: -0.2, 10.0: -0.1}
+    assert math.isnan(table.closing_restart_ms())
+
+
+def test_restart_cost_is_paid_by_both_and_the_pipe_wait_by_neither():
+    kwargs = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=1.0, lookahead=5, n_tokens=90,
+                  n_runs=2, sp_degree=7, handicaps=SIMULATOR_RULES)
+    for algorithm, base in (("si", 4 * 8.5 + 1), ("dsi", 4 * 3.5 + 1)):
+        assert sp.emulate_paper(algorithm, restart_cost=0.5, **kwargs) == pytest.approx([base + 5 * 0.5] * 2)
+        assert sp.emulate_paper(algorithm, pipe_wait=3.0, **kwargs) == pytest.approx([base] * 2)
+    with pytest.raises(ValueError, match="restart_cost"):
+        sp.emulate_paper("si", restart_cost=-1.0, **kwargs)
+
+
+def test_second_seed_reads_a_clock_that_includes_the_pipe_wait():
+    """a = 0.5, N = 60: with a second far longer than a run every epoch reuses the first draw; a pipe
+    wait of a second per restart makes every epoch draw afresh (the restart call pays t + Ld + t...)."""
+    common = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=0.5, lookahead=1, n_tokens=60,
+                  n_runs=400, sp_degree=7, seed=5)
+    rules = (*SIMULATOR_RULES, "second_seed")
+    reused = sp.emulate_paper("si", handicaps=rules, second=1e6, **common)
+    fresh = sp.emulate_paper("si", handicaps=rules, second=1.0, pipe_wait=1.0, **common)
+    independent = sp.emulate_paper("si", handicaps=SIMULATOR_RULES, **common)
+    assert reused.std() > 2 * independent.std()  # one draw per run: latencies spread far more
+    assert abs(fresh.mean() - independent.mean()) < 4 * math.hypot(fresh.std(), independent.std()) / 20

@@ -193,9 +193,14 @@ class CompiledDFA(_Compiled):
 
     def run_all(self, length: int) -> np.ndarray:
         """Final states (as indices into ``states``) on every input of ``length``, vectorised."""
+        return self.trace_all(length)[:, -1]
+
+    def trace_all(self, length: int) -> np.ndarray:
+        """The whole chain of thought :math:`q_1..q_n` (state indices into ``states``, one row per
+        input of ``length``, inputs in :func:`all_inputs` order), vectorised: what S1 claims."""
         out = self.tree.generate_batch(all_inputs(length, len(self.alphabet)), length, self.vocabulary,
                                        context_length=length)
-        return out[:, -1] - len(self.alphabet)
+        return out - len(self.alphabet)
 
 
 def _check_dfa(transitions: Mapping, start: Hashable) -> tuple[tuple, tuple]:
@@ -231,6 +236,32 @@ def simulate_dfa(transitions: Mapping, start: Hashable, symbols: Iterable[Hashab
         state = transitions[state, x]
         states.append(state)
     return states
+
+
+def simulate_dfa_batch(transitions: Mapping, start: Hashable, states: Sequence[Hashable],
+                       alphabet: Sequence[Hashable], inputs: np.ndarray) -> np.ndarray:
+    r"""The direct simulation on many inputs at once, by table look-up and without any tree:
+    :math:`q_t=\delta(q_{t-1},x_t)` with states as indices into ``states`` and the rows of
+    ``inputs`` as indices into ``alphabet``. Returns the ``(rows, n)`` array of :math:`q_1..q_n`."""
+    table = np.array([[states.index(transitions[q, x]) for x in alphabet] for q in states])
+    inputs = np.asarray(inputs, dtype=np.int64)
+    trace = np.empty(inputs.shape, dtype=np.int64)
+    state = np.full(inputs.shape[0], states.index(start))
+    for t in range(inputs.shape[1]):
+        state = table[state, inputs[:, t]]
+        trace[:, t] = state
+    return trace
+
+
+def exhaustive_dfa_check(dfa: CompiledDFA, lengths: Iterable[int]) -> bool:
+    """Whether the compiled tree writes the automaton's whole chain of thought :math:`q_1..q_n`,
+    not only its final state, on every input of every length in ``lengths`` (S1 with :math:`L=n`)."""
+    for n in lengths:
+        inputs = all_inputs(n, len(dfa.alphabet))
+        expected = simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs)
+        if not np.array_equal(dfa.trace_all(n), expected):
+            return False
+    return True
 
 
 def parity_dfa() -> tuple[dict, int]:
@@ -377,6 +408,34 @@ def increment_tm() -> dict:
                             ("carry", "_"): ("done", 1, 0)}, "blank": "_", "halting": {"done"}}
 
 
+def increment_tapes(bits: int) -> list[list]:
+    """Every tape of the binary-increment check: a reserved blank cell, then each of the
+    :math:`2^{bits}` numbers of ``bits`` binary digits, most significant first. The all-ones
+    number is included: its carry runs through every digit into the reserved cell."""
+    if bits < 1:
+        raise ValueError(f"bits: got {bits}, expected a positive integer")
+    return [["_", *map(int, format(v, f"0{bits}b"))] for v in range(2**bits)]
+
+
+def tape_number(tape: Sequence[Hashable]) -> int:
+    """The binary number a tape holds (blank cells read as nothing), for the arithmetic oracle."""
+    digits = "".join(str(a) for a in tape if a != "_")
+    return int(digits, 2) if digits else 0
+
+
+def exhaustive_tm_check(spec: dict, tapes: Sequence[Sequence[Hashable]], state: Hashable, head: int | None,
+                        steps: int) -> bool:
+    """Whether, on every tape, the compiled tree's chain of thought holds the configurations the
+    direct simulation visits at times 1..``steps`` (S3); ``head`` None starts on the last cell."""
+    for tape in tapes:
+        tm = compile_turing_machine(spec["transitions"], spec["blank"], spec["halting"], len(tape))
+        start = len(tape) - 1 if head is None else head
+        if tm.run(tape, state, start, steps) != simulate_tm(spec["transitions"], spec["halting"], tape, state,
+                                                            start, steps):
+            return False
+    return True
+
+
 def unary_adder_tm() -> dict:
     """``1^a 0 1^b`` to ``1^(a+b)``: turn the 0 into 1, run to the end, erase the last 1."""
     return {"transitions": {("scan", 1): ("scan", 1, 1), ("scan", 0): ("tail", 1, 1), ("scan", "_"): ("halt", "_", 0),
@@ -486,6 +545,88 @@ def one_shot_parity_leaves(n: int) -> int:
     return 2 ** n
 
 
+def parity_sizes(lengths: Iterable[int], seed: int = 0) -> dict[str, list[int]]:
+    r"""Leaf counts for parity of :math:`n` bits, every one computed from a built tree: CART fitted
+    to all :math:`2^n` labelled strings (one-shot), the compiled XOR-chain circuit tree (S4,
+    non-error leaves) and the compiled parity automaton tree (S1, all leaves); with the S2 lower
+    bound :math:`2^n` beside them."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    lengths = [int(n) for n in lengths]
+    if any(n < 2 for n in lengths):
+        raise ValueError(f"lengths: got {lengths}, expected integers >= 2 (a chain needs two inputs)")
+    cart = []
+    for n in lengths:
+        inputs = all_inputs(n)
+        model = DecisionTreeClassifier(random_state=seed).fit(inputs, inputs.sum(axis=1) % 2)
+        cart.append(int(model.get_n_leaves()))
+    automaton = compile_dfa(*parity_dfa())
+    return {"n": lengths, "lower bound": [one_shot_parity_leaves(n) for n in lengths],
+            "one-shot CART": cart,
+            "ARDT, circuit": [compile_circuit(n, parity_circuit(n)).n_output_leaves for n in lengths],
+            "ARDT, automaton": [automaton.n_leaves for _ in lengths]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing
+
+
+def token_text(token: Hashable) -> str:
+    """A short label for a window token: ``0`` (symbol), ``q1`` (state), ``q:a`` (head token),
+    ``#``, ``⊥`` (padding), ``err``."""
+    if token == PAD:
+        return "⊥"
+    if token == ERROR:
+        return "err"
+    if isinstance(token, tuple):
+        kind = token[0]
+        if kind == "state":
+            return f"q{token[1]}"
+        if kind == "head":
+            return f"{token[1]}:{token[2]}"
+        if kind in ("sym", "cell"):
+            return str(token[1])
+        return str(kind)
+    return str(token)
+
+
+def draw_window_tree(tree: WindowTree, ax, fontsize: float = 7, name=token_text) -> None:
+    """Draw a window tree on a matplotlib axis: internal nodes say which window position they
+    read (``←j``: the j-th from the end), edges the token they follow (``else``: the default),
+    leaves the token they emit (error leaves grey). Below a node with many branches, a leaf's
+    label reads ``edge → emitted`` and is turned upright so that wide trees stay legible."""
+    leaves: list[float] = []
+
+    def place(node, depth, edge=None, crowded=False):  # returns x: leaves left to right
+        if isinstance(node, Leaf):
+            x = float(len(leaves))
+            leaves.append(x)
+            text = name(node.token) if not crowded else f"{edge} → {name(node.token)}"
+            ax.text(x, -depth, text, ha="center", va="top", fontsize=fontsize,
+                    rotation=90 if crowded else 0, color="0.6" if node.error else "black")
+            return x
+        branches = [*((name(t), c) for t, c in node.children.items()), ("else", node.default)]
+        many = len(branches) > 4
+        xs = [place(child, depth + 1, label, many and isinstance(child, Leaf))
+              for label, child in branches]
+        x = float(np.mean([xs[0], xs[-1]]))
+        for (label, child), child_x in zip(branches, xs, strict=True):
+            ax.plot([x, child_x], [-depth, -depth - 1], color="0.75", linewidth=0.6, zorder=0)
+            if not (many and isinstance(child, Leaf)):
+                ax.text((x + child_x) / 2, -depth - 0.5, label, ha="center", va="center",
+                        fontsize=fontsize - 1, color="#0072B2",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
+        where = f"←{node.position}" if node.from_end else f"{node.position}"
+        ax.text(x, -depth, f"pos {where}", ha="center", va="bottom", fontsize=fontsize,
+                bbox={"facecolor": "#f0f0f0", "edgecolor": "0.5", "pad": 1.5})
+        return x
+
+    place(tree.root, 0)
+    ax.set_xlim(-1, max(len(leaves), 1))
+    ax.set_ylim(-tree.depth - 1.4, 0.6)
+    ax.axis("off")
+
+
 # ----------------------------------------------------------------------------------------------
 # Learning ARDTs from traces
 
@@ -532,6 +673,12 @@ class LearnedARDT:
     def n_leaves(self) -> int:
         return int(self.model.get_n_leaves())
 
+    def questions(self) -> list[tuple[int, int]]:
+        """The ``(window position, token code)`` each split asks about ("does position p hold
+        token c?"), in depth-first order; code ``vocabulary_size`` stands for padding."""
+        tree, block = self.model.tree_, self.vocabulary_size + 1
+        return [(int(f) // block + 1, int(f) % block) for f in tree.feature if f >= 0]
+
     def generate_batch(self, prompts: np.ndarray, steps: int) -> np.ndarray:
         sequence = np.asarray(prompts, dtype=np.int64)
         for _ in range(steps):
@@ -548,6 +695,28 @@ def fit_ardt(windows: np.ndarray, targets: np.ndarray, vocabulary_size: int, see
     model = DecisionTreeClassifier(random_state=seed, **tree_options)
     model.fit(one_hot_windows(windows, vocabulary_size), targets)
     return LearnedARDT(model, vocabulary_size, windows.shape[1])
+
+
+def learn_from_traces(dfa: CompiledDFA, length: int, trace_counts: Sequence[int], seed: int = 0) -> dict:
+    """CART on the one-hot windows of the traces of random inputs of ``length``, trying each count
+    in ``trace_counts`` until the learned ARDT writes the right final state on all inputs of that
+    length; with a one-shot CART fitted on the same inputs (the first count) as the comparison."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    every = all_inputs(length, len(dfa.alphabet))
+    truth = dfa.run_all(length)
+    for count in trace_counts:
+        inputs = np.random.default_rng(seed).integers(0, len(dfa.alphabet), size=(count, length))
+        windows, targets = dfa_trace_windows(dfa, inputs)
+        tree = fit_ardt(windows, targets, len(dfa.vocabulary), seed=seed)
+        exact = float(np.mean(tree.generate_batch(every, length)[:, -1] - len(dfa.alphabet) == truth))
+        if exact == 1.0:
+            break
+    first = inputs[:trace_counts[0]]
+    index = (first * len(dfa.alphabet) ** np.arange(length - 1, -1, -1)).sum(axis=1)
+    one_shot = DecisionTreeClassifier(random_state=seed).fit(first, truth[index])
+    return {"traces": count, "depth": tree.depth, "leaves": tree.n_leaves, "exact": exact,
+            "one_shot": float(one_shot.score(every, truth)), "tree": tree}
 
 
 def all_inputs(length: int, alphabet_size: int = 2) -> np.ndarray:

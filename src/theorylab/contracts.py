@@ -12,13 +12,16 @@ constraint. By the implicit function theorem (eq. ``hypergradient`` of the chapt
           \\quad J = \\partial_a G,
 
 and for one agent :math:`J = \\nabla^2_{aa} U \\prec 0`, so :math:`v` is found by conjugate gradients on
-:math:`-J`, with Hessian-vector products from ``torch.func.jvp``; no Hessian is ever formed.
+:math:`-J`, with Hessian-vector products from reverse-mode autodiff (``torch.func.vjp`` of
+:math:`G`, recorded once and replayed); no Hessian is ever formed. The agent's best response
+itself is found by the generic Newton iteration :func:`newton_best_response`.
 
 All tensors are float64. Environments are small classes holding model constants; everything else
 is a pure function.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -28,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.func import grad, jvp, linearize, vjp
+from torch.func import grad, linearize, vjp
 
 DTYPE = torch.float64
 SQRT_PI = math.sqrt(math.pi)
@@ -150,6 +153,10 @@ class ContractEnv:
       ``agent_utility``); ``symmetric_jacobian`` says whether its Jacobian is symmetric;
     - ``principal_profit(theta, a)``: expected output less expected wage, with the fixed wage set by
       the binding participation constraint (reservation CE 0).
+
+    The best response is found by the generic :func:`newton_best_response` from
+    ``initial_action`` (or a warm start); where a model has a closed form it is the method
+    ``closed_form_response``, an oracle for tests and tables that the solver never calls.
     """
 
     contract_names: tuple[str, ...] = ("beta",)
@@ -169,7 +176,16 @@ class ContractEnv:
         return torch.zeros(1, dtype=DTYPE, device=theta.device)
 
     def best_response(self, theta: torch.Tensor, a0: torch.Tensor | None = None) -> torch.Tensor:
-        return newton_best_response(self, theta, self.initial_action(theta) if a0 is None else a0)
+        """:func:`newton_best_response` from the warm start ``a0``; if that fails (a warm start
+        can lie where the agent's problem is not concave), once more from ``initial_action``."""
+        start = self.initial_action(theta)
+        if a0 is not None:
+            try:
+                return newton_best_response(self, theta, a0)
+            except BestResponseError:
+                if torch.equal(a0, start):
+                    raise
+        return newton_best_response(self, theta, start)
 
     def project(self, theta: torch.Tensor) -> torch.Tensor:
         return theta
@@ -183,31 +199,54 @@ class ContractEnv:
 
 
 def newton_best_response(env: ContractEnv, theta: torch.Tensor, a0: torch.Tensor, *,
-                         tol: float = 1e-12, max_iter: int = 50) -> torch.Tensor:
-    """Newton's method on the agent's first-order map, each step solved by CG on :math:`-\\nabla^2_{aa}U`.
+                         tol: float = 1e-12, max_iter: int = 100) -> torch.Tensor:
+    """Newton's method on the agent's first-order map :math:`G(\\theta, a) = 0`: the generic inner
+    solver, used by every environment (closed forms are kept as oracles, never called here).
 
-    Stops when the RMS of :math:`G(\\theta, a)` is below ``tol``. A non-concave direction raises
-    :class:`NotPositiveDefinite` (the agent's second-order condition fails).
+    Step :math:`s` solves :math:`(-J)s = G`, :math:`J = \\partial_a G`, from forward-mode products
+    only: by CG on :math:`-J = -\\nabla^2_{aa}U` for one agent (its curvature check doubles as the
+    agent's second-order condition), by GMRES for a game (``env.symmetric_jacobian`` false).
+    Stops after a step whose RMS is below ``tol`` (or at :math:`G = 0` exactly). Raises
+    :class:`BestResponseError` when the second-order condition fails on the way (no local maximiser
+    is reachable from ``a0``) or after ``max_iter`` steps (for instance when no critical point
+    exists).
     """
     a = a0
     scale = math.sqrt(a.numel())
     for _ in range(max_iter):
-        g = env.first_order(theta, a)
-        if float(torch.linalg.vector_norm(g)) <= tol * scale:
+        g, neg_jacobian = _first_order_and_product(env, theta, a)
+        if not bool(torch.isfinite(g).all()):
+            raise BestResponseError("the agent's first-order map is not finite: no best response")
+        if not bool(g.any()):
             return a
-        neg_hessian = _negative_jacobian_product(env, theta, a)
-        a = a + conjugate_gradient(neg_hessian, g, rtol=1e-3 * tol, atol=0.1 * tol * scale).x
+        if env.symmetric_jacobian:
+            try:
+                step = conjugate_gradient(neg_jacobian, g, rtol=1e-10).x
+            except NotPositiveDefinite as error:
+                raise BestResponseError(f"the agent's second-order condition fails ({error})") from None
+        else:
+            step = _gmres_solve(neg_jacobian, g, 1e-10)[0]
+        a = a + step
+        # Newton converges quadratically: a last step this small leaves an error far below it
+        # (a test on |G| instead would depend on the scale of the agent's curvature).
+        if float(torch.linalg.vector_norm(step)) <= tol * scale:
+            return a
     raise BestResponseError(f"Newton's method for the best response did not converge in {max_iter} steps")
 
 
-def _negative_jacobian_product(env: ContractEnv, theta: torch.Tensor, a: torch.Tensor
-                               ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:math:`u \\mapsto -J u`, with :math:`J = \\partial_a G(\\theta, a)` by forward-mode autodiff.
+def _first_order_and_product(env: ContractEnv, theta: torch.Tensor, a: torch.Tensor
+                             ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """:math:`G(\\theta, a)` and the map :math:`u \\mapsto -J u`, :math:`J = \\partial_a G(\\theta, a)`,
+    matrix-free and built once per :math:`(\\theta, a)`, then replayed on every CG or GMRES step.
 
-    Where ``env.constant_jacobian`` says :math:`G` is affine in :math:`a` with a Jacobian that does not
-    depend on :math:`\\theta` either (multi-task Holmström–Milgrom: :math:`J = -C`), the forward pass is
-    traced once per environment with :func:`torch.func.linearize` and replayed: the same autodiff
-    product, without re-tracing on every CG step (about 4x cheaper at :math:`n = 10^5`; see the benchmark).
+    - One agent (``env.symmetric_jacobian``): :math:`Ju = J^\\top u`, the pullback of one reverse pass
+      through :math:`G`, which also yields :math:`G`.
+    - A game: :math:`Ju` as the pullback of the linear map :math:`v \\mapsto J^\\top v` (reverse mode
+      twice, the "double-vjp" trick), far cheaper here than forward mode through a gradient.
+    - ``env.constant_jacobian`` (:math:`G` affine in :math:`a` with a Jacobian that depends on neither
+      argument; multi-task Holmström–Milgrom: :math:`J = -C`): the forward pass is traced once per
+      environment with :func:`torch.func.linearize` and replayed (about 4x cheaper at
+      :math:`n = 10^5` than re-tracing; see the benchmark).
     """
     if getattr(env, "constant_jacobian", False):
         linear = env.__dict__.get("_linearized_first_order")
@@ -217,11 +256,18 @@ def _negative_jacobian_product(env: ContractEnv, theta: torch.Tensor, a: torch.T
                 tangent_map = linearize(lambda x: env.first_order(theta, x), a)[1]
             linear = (a.shape, a.device, tangent_map)
             env._linearized_first_order = linear
-        return lambda u: -linear[2](u)
+        return env.first_order(theta, a), lambda u: -linear[2](u)
+    g, pullback = vjp(lambda x: env.first_order(theta, x), a)
+    if env.symmetric_jacobian:
+        return g, lambda u: -pullback(u)[0]
+    transposed = vjp(lambda v: pullback(v)[0], torch.zeros_like(a))[1]
+    return g, lambda u: -transposed(u)[0]
 
-    def product(u: torch.Tensor) -> torch.Tensor:
-        return -jvp(lambda x: env.first_order(theta, x), (a,), (u,))[1]
-    return product
+
+def _negative_jacobian_product(env: ContractEnv, theta: torch.Tensor, a: torch.Tensor
+                               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:math:`u \\mapsto -J u` at :math:`(\\theta, a)` (see :func:`_first_order_and_product`)."""
+    return _first_order_and_product(env, theta, a)[1]
 
 
 class CaraNormal(ContractEnv):
@@ -268,7 +314,11 @@ class CaraNormal(ContractEnv):
     def principal_profit(self, theta, a):
         return torch.sum(a - self.c * a ** 2 / 2 - self.risk_premium(theta))
 
-    def best_response(self, theta, a0=None):
+    def initial_action(self, theta):
+        return torch.zeros_like(theta)
+
+    def closed_form_response(self, theta: torch.Tensor) -> torch.Tensor:
+        """Oracle (S2): :math:`a^* = \\beta / c`."""
         return theta / self.c
 
     def named(self, theta):
@@ -463,10 +513,13 @@ class CaraPoisson(ContractEnv):
         return lam - self.c * lam ** 2 / 2 - lam * (theta[0] - phi)
 
     def best_response(self, theta, a0=None):
-        phi = _poisson_phi(self.r, theta[:1])
-        if not float(phi) > 0:
+        if not float(theta[0]) > 0:  # the CE then decreases in effort: a -> -infinity
             raise BestResponseError(f"no best response for beta = {float(theta[0]):.3g} <= 0")
-        return torch.log(phi / self.c)
+        return super().best_response(theta, a0)
+
+    def closed_form_response(self, theta: torch.Tensor) -> torch.Tensor:
+        """Oracle (P1): :math:`a^* = \\log(\\varphi(\\beta)/c)` for :math:`\\beta > 0`."""
+        return torch.log(_poisson_phi(self.r, theta[:1]) / self.c)
 
     def project(self, theta):
         return theta.clamp(min=self.min_beta)
@@ -495,8 +548,12 @@ class CaraPoissonQuadraticCost(CaraPoisson):
     """The ill-posed variant (S4, P2): cost :math:`c a^2/2` instead of :math:`c e^{2a}/2`.
 
     The agent's CE :math:`e^a\\varphi - c a^2/2` is unbounded above, so no global best response
-    exists. :meth:`best_response` returns the local maximiser :math:`a = -W_0(-\\varphi/c)`, which
-    exists only while :math:`\\varphi/c \\le 1/e`, and raises :class:`BestResponseError` beyond.
+    exists. :meth:`best_response` finds the local maximiser :math:`a = -W_0(-\\varphi/c)` by Newton's
+    method; it exists only while :math:`\\varphi/c < 1/e` (at equality the critical point
+    :math:`a = 1` is an inflection point), and :class:`BestResponseError` is raised beyond.
+    Newton starts at :math:`a = 0` (or a warm start below the root): :math:`G = e^a\\varphi - ca` is
+    convex in :math:`a`, so the iterates rise monotonically to the principal branch; past the edge
+    they cross :math:`a = 1`, where CG meets the failed second-order condition.
     """
 
     def agent_utility(self, theta, a):
@@ -506,13 +563,29 @@ class CaraPoissonQuadraticCost(CaraPoisson):
         lam, phi = torch.exp(a[0]), _poisson_phi(self.r, theta[0])
         return lam - self.c * a[0] ** 2 / 2 - lam * (theta[0] - phi)
 
-    def best_response(self, theta, a0=None):
+    def closed_form_response(self, theta: torch.Tensor) -> torch.Tensor:
+        """Oracle (P2): the local maximiser :math:`a = -W_0(-\\varphi/c)`, for :math:`\\varphi/c < 1/e`."""
         from scipy.special import lambertw
         ratio = float(_poisson_phi(self.r, theta[:1])) / self.c
-        if ratio > math.exp(-1):
-            raise BestResponseError(f"no local best response: phi/c = {ratio:.6f} > 1/e")
+        if not ratio < math.exp(-1):
+            raise BestResponseError(f"no local maximiser: phi/c = {ratio:.6f} >= 1/e")
         local = -lambertw(-ratio, 0).real
         return torch.tensor([local], dtype=DTYPE, device=theta.device)
+
+    def response_slope(self, beta: float) -> float:
+        """:math:`da/d\\beta = e^a y / (c(1-a))` along the local branch, :math:`y = e^{-r\\beta}`
+        (implicit differentiation of :math:`e^a\\varphi(\\beta) = ca`; :math:`\\varphi' = y`)."""
+        a = float(self.closed_form_response(_tensor([beta]))[0])
+        return math.exp(a) * math.exp(-self.r * beta) / (self.c * (1 - a))
+
+    def branch_profit_slope(self, beta: float) -> float:
+        """:math:`d\\Pi/d\\beta = e^a\\big[(1-\\beta)\\,da/d\\beta - (1-y)\\big]` along the local branch,
+        from :math:`\\partial_a\\Pi = e^a(1-\\beta)` (using :math:`e^a\\varphi = ca`) and
+        :math:`\\partial_\\beta\\Pi = -e^a(1-y)`. It tends to :math:`+\\infty` at the edge when
+        :math:`\\beta^{\\mathrm{edge}} < 1`, but need not be positive on the whole branch."""
+        a = float(self.closed_form_response(_tensor([beta]))[0])
+        y = math.exp(-self.r * beta)
+        return math.exp(a) * ((1 - beta) * self.response_slope(beta) - (1 - y))
 
     def edge_beta(self) -> float:
         """The contract where :math:`\\varphi(\\beta)/c = 1/e` and the agent's SOC fails (if any)."""
@@ -531,7 +604,13 @@ def normal_trapezoid(n_nodes: int, half_width: float = 8.0) -> tuple[np.ndarray,
 
 def gauss_hermite(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes :math:`z_k` and weights :math:`w_k` with :math:`\\mathbb E f(Z) \\approx \\sum_k w_k f(z_k)`,
-    :math:`Z \\sim N(0,1)` (Gauss–Hermite, rescaled)."""
+    :math:`Z \\sim N(0,1)` (Gauss–Hermite, rescaled; cached, returned as copies)."""
+    nodes, weights = _gauss_hermite_cached(int(n_nodes))
+    return nodes.copy(), weights.copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_hermite_cached(n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     t, w = np.polynomial.hermite.hermgauss(n_nodes)
     return math.sqrt(2.0) * t, w / SQRT_PI
 
@@ -599,7 +678,7 @@ class CappedLogisticPay(ContractEnv):
 
     def best_response(self, theta, a0=None):
         bound = math.sqrt(2 * float(theta[0].abs()) / self.c) + 1.0
-        grid = torch.linspace(-bound, bound, 401, dtype=DTYPE, device=theta.device)
+        grid = torch.linspace(-bound, bound, 201, dtype=DTYPE, device=theta.device)
         start = grid[torch.argmax(self.agent_utilities(theta, grid))].reshape(1)
         return newton_best_response(self, theta, start)
 
@@ -643,7 +722,8 @@ class LinearRPE(ContractEnv):
     def principal_profit(self, theta, a):
         return a[0] - self.c * a[0] ** 2 / 2 - self.r * theta[0] ** 2 * self.variance(theta[1]) / 2
 
-    def best_response(self, theta, a0=None):
+    def closed_form_response(self, theta: torch.Tensor) -> torch.Tensor:
+        """Oracle (S6): the dominant-strategy effort :math:`a^* = \\beta / c`."""
         return theta[:1] / self.c
 
     def optimum(self) -> dict[str, float]:
@@ -656,29 +736,55 @@ class LinearRPE(ContractEnv):
 
 
 class Tournament(ContractEnv):
-    """Two-agent rank-order tournament (S7): :math:`x_i = a_i + \\eta + \\varepsilon_i`, the higher output
-    wins the prize spread :math:`\\Delta` over a common base wage; :math:`\\eta` cancels.
+    """Two-agent rank-order tournament (S7): :math:`x_i = a_i + \\ell_i\\sigma_\\eta\\eta + \\varepsilon_i`,
+    :math:`\\eta \\sim N(0, 1)` common to both, :math:`\\varepsilon_i \\sim N(0, \\sigma^2)`; the higher output
+    wins the prize spread :math:`\\Delta` over a common base wage. The chapter's model has equal
+    exposures :math:`\\ell_1 = \\ell_2 = 1` (``loadings``).
 
-    With :math:`p_1 = \\Phi((a_1 - a_2)/(\\sigma\\sqrt2))`, agent :math:`i`'s CE less the base wage is
-    :math:`-r^{-1}\\log(p_i e^{-r\\Delta} + 1 - p_i) - c a_i^2/2`; the inner problem is a Nash game,
-    :math:`G = (\\partial_{a_1}U_1, \\partial_{a_2}U_2)` with a non-symmetric Jacobian (GMRES). Profit per
-    agent: the mean of :math:`a_i - c a_i^2/2 - \\mathrm{RP}_i`,
-    :math:`\\mathrm{RP}_i = p_i\\Delta + r^{-1}\\log(p_i e^{-r\\Delta} + 1 - p_i)`.
-    The symmetric equilibrium is :math:`c a^* = \\tanh(r\\Delta/2)/(r\\sigma\\sqrt\\pi)`.
+    The common shock is simulated: agent 1's win probability is the Gauss–Hermite average over
+    ``shock_nodes`` values of :math:`\\eta` of its conditional win probability,
+    :math:`p_1 = \\mathbb E_\\eta\\,\\Phi\\big((m_1(\\eta) - m_2(\\eta))/(\\sigma\\sqrt2)\\big)` with
+    :math:`m_i(\\eta) = a_i + \\ell_i\\sigma_\\eta\\eta` the outputs' conditional means. With equal loadings
+    the shock cancels from :math:`m_1 - m_2` (up to rounding), so nothing depends on
+    :math:`\\sigma_\\eta`; with unequal ones :math:`p_1 = \\Phi\\big((a_1-a_2)/(\\sqrt2\\,\\sigma_{\\mathrm{eff}})\\big)`,
+    :math:`\\sigma_{\\mathrm{eff}}^2 = \\sigma^2 + (\\ell_1-\\ell_2)^2\\sigma_\\eta^2/2`.
+
+    Agent :math:`i`'s CE less the base wage is :math:`-r^{-1}\\log(p_i e^{-r\\Delta} + 1 - p_i) - c a_i^2/2`;
+    the inner problem is a Nash game, :math:`G = (\\partial_{a_1}U_1, \\partial_{a_2}U_2)` with a
+    non-symmetric Jacobian (Newton steps and the adjoint by GMRES). Profit per agent: the mean of
+    :math:`a_i - c a_i^2/2 - \\mathrm{RP}_i`, :math:`\\mathrm{RP}_i = p_i\\Delta + r^{-1}\\log(p_i e^{-r\\Delta} + 1 - p_i)`.
     """
 
     contract_names = ("prize_spread",)
     symmetric_jacobian = False
 
-    def __init__(self, r: float, c: float, sigma: float, sigma_common: float = 0.0, device: Any = "cpu"):
+    def __init__(self, r: float, c: float, sigma: float, sigma_common: float = 0.0, *,
+                 loadings: tuple[float, float] = (1.0, 1.0), shock_nodes: int = 64,
+                 device: Any = "cpu"):
         self.r, self.c, self.sigma = _positive("r", r), _positive("c", c), _positive("sigma", sigma)
         if not float(sigma_common) >= 0:
             raise ValueError(f"sigma_common must be non-negative, got {sigma_common!r}")
-        self.sigma_common, self.device = float(sigma_common), device
+        loadings = tuple(float(v) for v in loadings)
+        if len(loadings) != 2 or not all(math.isfinite(v) for v in loadings):
+            raise ValueError(f"loadings must be two finite numbers, got {loadings!r}")
+        if int(shock_nodes) != shock_nodes or shock_nodes < 1:
+            raise ValueError(f"shock_nodes must be a positive integer, got {shock_nodes!r}")
+        self.sigma_common, self.loadings, self.device = float(sigma_common), loadings, device
+        nodes, weights = gauss_hermite(int(shock_nodes))
+        self.shock_nodes, self.shock_weights = _tensor(nodes, device), _tensor(weights, device)
+        self._exposure = _tensor(loadings, device).reshape(2, 1) * self.sigma_common
 
     def _win_probabilities(self, a: torch.Tensor) -> torch.Tensor:
-        p1 = torch.special.ndtr((a[0] - a[1]) / (self.sigma * math.sqrt(2.0)))
+        means = a.reshape(2, -1, 1) + (self._exposure * self.shock_nodes).unsqueeze(1)
+        conditional = torch.special.ndtr((means[0] - means[1]) / (self.sigma * math.sqrt(2.0)))
+        p1 = (conditional @ self.shock_weights).reshape(a[0].shape)
         return torch.stack([p1, 1 - p1])
+
+    def effective_sigma(self) -> float:
+        """:math:`\\sigma_{\\mathrm{eff}} = \\sqrt{\\sigma^2 + (\\ell_1-\\ell_2)^2\\sigma_\\eta^2/2}`: the noise of
+        :math:`(x_1 - x_2)/\\sqrt2` given the efforts, the only noise the ranking sees."""
+        gap = self.loadings[0] - self.loadings[1]
+        return math.sqrt(self.sigma ** 2 + gap ** 2 * self.sigma_common ** 2 / 2)
 
     def _log_lottery(self, spread: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return torch.log1p(p * torch.expm1(-self.r * spread))
@@ -699,8 +805,11 @@ class Tournament(ContractEnv):
         premium = p * theta[0] + self._log_lottery(theta[0], p) / self.r
         return torch.mean(a - self.c * a ** 2 / 2 - premium)
 
-    def best_response(self, theta, a0=None):
-        effort = torch.tanh(self.r * theta[0] / 2) / (self.c * self.r * self.sigma * SQRT_PI)
+    def closed_form_response(self, theta: torch.Tensor) -> torch.Tensor:
+        """Oracle (S7): the symmetric equilibrium
+        :math:`c a^* = \\tanh(r\\Delta/2)/(r\\sigma_{\\mathrm{eff}}\\sqrt\\pi)`."""
+        sigma = self.effective_sigma()
+        effort = torch.tanh(self.r * theta[0] / 2) / (self.c * self.r * sigma * SQRT_PI)
         return effort.reshape(1).repeat(2)
 
     def initial_action(self, theta):
@@ -714,8 +823,11 @@ class Tournament(ContractEnv):
 
     def cubic(self) -> tuple[float, float]:
         """:math:`(A, B) = (1/(c\\sigma\\sqrt\\pi),\\ 1/(cr\\sigma^2\\pi))` of the FOC
-        :math:`Bu^3 - Au^2 - (B+1)u + A = 0`, :math:`u = \\tanh(r\\Delta/2)`."""
-        return 1 / (self.c * self.sigma * SQRT_PI), 1 / (self.c * self.r * self.sigma ** 2 * math.pi)
+        :math:`Bu^3 - Au^2 - (B+1)u + A = 0`, :math:`u = \\tanh(r\\Delta/2)`, with
+        :math:`\\sigma = \\sigma_{\\mathrm{eff}}` (:meth:`effective_sigma`; :math:`\\sigma` itself for equal
+        loadings)."""
+        sigma = self.effective_sigma()
+        return 1 / (self.c * sigma * SQRT_PI), 1 / (self.c * self.r * sigma ** 2 * math.pi)
 
     def optimum(self) -> dict[str, float]:
         """The cubic's unique root in :math:`(0,1)` (NumPy's companion-matrix roots, the oracle), and
@@ -738,7 +850,7 @@ class Tournament(ContractEnv):
         Non-positive (up to grid resolution) means the first-order solution is a global equilibrium.
         """
         theta = _tensor([spread], self.device)
-        a_star = self.best_response(theta)
+        a_star = self.best_response(theta)  # the generic solver's equilibrium is what is checked
         grid = np.linspace(-1.0, 3.0 * float(a_star[0]) + 1.0, 4001) if grid is None else grid
         deviations = _tensor(grid, self.device)
         profile = torch.stack([deviations, a_star[1].expand_as(deviations)])
@@ -767,8 +879,9 @@ def hypergradient(env: ContractEnv, contract: Any, *, action: torch.Tensor | Non
     """:math:`dF/d\\theta = \\nabla_\\theta F + \\partial_\\theta G^\\top v` with :math:`(-J)^\\top v = \\nabla_a F` (eq. S1).
 
     For one agent :math:`-J = -\\nabla^2_{aa} U` is SPD at a strict local maximum and :math:`v` comes
-    from CG on Hessian-vector products (:func:`torch.func.jvp` of :math:`G`); for a game
-    (``env.symmetric_jacobian`` false) from GMRES on vector-Jacobian products. ``action`` defaults to
+    from CG on Hessian-vector products (:func:`_first_order_and_product`: a replayed reverse-mode
+    pullback of :math:`G`); for a game (``env.symmetric_jacobian`` false) from GMRES on
+    vector-Jacobian products. ``action`` defaults to
     ``env.best_response(contract)``; ``adjoint0`` warm-starts CG. Returns the gradient tensor, or a
     :class:`Hypergradient` record when ``details`` is true.
     """
@@ -947,7 +1060,7 @@ def solve(env: ContractEnv, *, seed: int = 0, theta0: Any = None, max_steps: int
 # --------------------------------------------------------------------------------------------
 
 def logistic_profit_oracle(r: float, c: float, sigma: float, contract: np.ndarray, *,
-                           n_nodes: int = 240, grid_size: int = 401) -> tuple[float, float]:
+                           n_nodes: int = 240, grid_size: int = 201) -> tuple[float, float]:
     """Profit and global best response of logistic pay, computed without torch.
 
     The agent's CE is evaluated on a grid of ``grid_size`` actions with ``n_nodes``-point
@@ -984,22 +1097,37 @@ def logistic_profit_oracle(r: float, c: float, sigma: float, contract: np.ndarra
     return a - c * a ** 2 / 2 - premium, a
 
 
-def logistic_optimum_oracle(r: float, c: float, sigma: float, cap: float, *, starts: int = 4,
+def logistic_optimum_oracle(r: float, c: float, sigma: float, cap: float, *, starts: int = 20,
                             seed: int = 0, max_slope: float = 8.0) -> dict[str, Any]:
     """Best logistic contract under :math:`0 \\le \\beta \\le B` and :math:`\\gamma\\sigma \\le` ``max_slope``,
-    by multi-start L-BFGS-B with finite-difference gradients on :func:`logistic_profit_oracle`."""
+    by multi-start L-BFGS-B with finite-difference gradients on :func:`logistic_profit_oracle`.
+
+    Each of ``starts`` random starts runs L-BFGS-B to a moderate tolerance; the best of them is then
+    polished to a tight one. Returns the best ``profit`` and contract ``theta``, and the local
+    optima reached from every start (``start_profits``), which show whether the starts disagree.
+    """
     from scipy.optimize import minimize
 
+    if int(starts) != starts or starts < 1:
+        raise ValueError(f"starts must be a positive integer, got {starts!r}")
     rng = np.random.default_rng(seed)
-    best: dict[str, Any] = {"profit": -math.inf}
     bounds = [(0.0, cap), (CappedLogisticPay.min_gamma, max_slope / sigma), (-10.0, 10.0)]
-    for _ in range(starts):
+
+    def local(start: np.ndarray, ftol: float, gtol: float):
+        return minimize(lambda x: -logistic_profit_oracle(r, c, sigma, x)[0], start,
+                        method="L-BFGS-B", bounds=bounds,
+                        options={"ftol": ftol, "gtol": gtol, "eps": 1e-6})
+
+    found = []
+    for _ in range(int(starts)):
         start = np.array([rng.uniform(0.5 * cap, cap), rng.uniform(0.3, 3.0), rng.uniform(-2.0, 1.0)])
-        found = minimize(lambda x: -logistic_profit_oracle(r, c, sigma, x)[0], start, method="L-BFGS-B",
-                         bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10, "eps": 1e-6})
-        if -found.fun > best["profit"]:
-            best = {"profit": float(-found.fun), "theta": found.x}
-    return best
+        found.append(local(start, 1e-9, 1e-6))
+    best = min(found, key=lambda result: result.fun)
+    polished = local(best.x, 1e-15, 1e-10)
+    if polished.fun > best.fun:  # polishing never makes the oracle worse
+        polished = best
+    return {"profit": float(-polished.fun), "theta": polished.x,
+            "start_profits": np.array([-result.fun for result in found])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1040,3 +1168,125 @@ def normal_draws(rng: np.random.Generator, replications: int, size: int, *, sigm
         raise ValueError(f"antithetic draws need an even size, got {size}")
     half = sigma * rng.normal(size=(replications, size // 2))
     return np.concatenate([half, -half], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Experiments of the chapter, each a few solves; tables
+# --------------------------------------------------------------------------------------------
+
+def saa_bias_coefficient(r: float, c: float, sigma2: float) -> float:
+    """Leading coefficient :math:`b_1` of the sample-average bias (S9, delta method):
+    :math:`\\mathbb E\\hat\\beta_N = \\beta^* + b_1/N + O(N^{-2})` with
+
+    .. math:: b_1 = \\frac{r\\sigma^2\\beta^* e^{s^2\\beta^{*2}}}{k}
+              + \\frac{r^2\\sigma^4\\beta^* e^{s^2\\beta^{*2}}(2 + s^2\\beta^{*2})}{k^2},
+       \\qquad s = r\\sigma,\\ k = 1/c + r\\sigma^2,\\ \\beta^* = 1/(1 + rc\\sigma^2).
+
+    The first term is :math:`-\\mathbb E D/k`, the mean error of the premium's slope; the second is
+    :math:`\\mathbb E[DD']/k^2`, the covariance of that error with the error of its curvature.
+    """
+    r, c, sigma2 = _positive("r", r), _positive("c", c), _positive("sigma2", sigma2)
+    beta = 1 / (1 + r * c * sigma2)
+    k, t = 1 / c + r * sigma2, r * r * sigma2 * beta * beta
+    return (r * sigma2 * beta * math.exp(t) / k
+            + r * r * sigma2 ** 2 * beta * math.exp(t) * (2 + t) / k ** 2)
+
+
+def sample_average_contracts(draws: np.ndarray, r: float = 1.0, c: float = 1.0,
+                             device: Any = "cpu") -> np.ndarray:
+    """:math:`\\hat\\beta_N` of each row of ``draws`` (shape ``(R, N)``): the maximiser of the
+    sample-average profit of :class:`CaraNormal`, all rows in one vectorised :func:`solve`."""
+    env = CaraNormal(r, c, 1.0, noise=draws, device=device)
+    result = solve(env, theta0=np.full(np.shape(draws)[0], 0.5), keep_trajectory=False)
+    if not result.converged:
+        raise RuntimeError(f"sample-average solve did not converge: {result.reason}")
+    return np.atleast_1d(result.beta)
+
+
+def compare_filters(sigma_common: float, *, r: float = 1.0, c: float = 1.0, sigma: float = 1.0,
+                    seed: int = 0, device: Any = "cpu") -> dict[str, Any]:
+    """Individual pay, linear RPE and the tournament at one common-shock level (S6, S7), each
+    solved from a random start, beside its closed-form oracle. Returns the profits, the solver's
+    and the oracle's contracts, and the tournament's largest gain from a deviation."""
+    individual = solve(CaraNormal(r, c, sigma ** 2 + sigma_common ** 2, device=device), seed=seed)
+    rpe_env = LinearRPE(r, c, sigma, sigma_common, device=device)
+    tournament_env = Tournament(r, c, sigma, sigma_common, device=device)
+    rpe, tournament = solve(rpe_env, seed=seed), solve(tournament_env, seed=seed)
+    return {"profit": {"individual": individual.profit, "RPE": rpe.profit,
+                       "tournament": tournament.profit},
+            "rpe": (rpe.beta, rpe.gamma), "rpe_oracle": (rpe_env.optimum()["beta"],
+                                                         rpe_env.optimum()["gamma"]),
+            "spread": tournament.prize_spread,
+            "spread_oracle": tournament_env.optimum()["prize_spread"],
+            "deviation_gain": tournament_env.deviation_gain(tournament.prize_spread),
+            "converged": individual.converged and rpe.converged and tournament.converged}
+
+
+def side_by_side(rows: list[tuple[str, Any, Any]], *, digits: int = 6) -> str:
+    """A text table of ``(label, solver value, oracle value)`` rows with their absolute gap.
+
+    Solver values are computations, marked ``≈`` (the regression test compares the text around
+    them); oracle values are marked too, since they are roots and optima found numerically."""
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'':{width}}  {'solver':>{digits + 6}}  {'oracle':>{digits + 6}}  gap"]
+    for label, solver_value, oracle_value in rows:
+        gap = abs(float(solver_value) - float(oracle_value))
+        solver_text, oracle_text = (f"≈{float(v):.{digits}f}" for v in (solver_value, oracle_value))
+        lines.append(f"{label:{width}}  {solver_text:>{digits + 6}}  {oracle_text:>{digits + 6}}  "
+                     f"≈{gap:.0e}")
+    return "\n".join(lines)
+
+
+def gradient_check(env: ContractEnv, contract: Any,
+                   closed_form: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
+    """The implicit hypergradient against central finite differences of :func:`profit` and, where
+    given, a closed-form derivative: the largest absolute gap of each pair, and the gradient's scale."""
+    theta = np.asarray(contract, dtype=np.float64)
+    implicit = hypergradient(env, theta).cpu().numpy()
+    finite = finite_difference_gradient(env, theta)
+    closed = None if closed_form is None else np.asarray(closed_form(theta), dtype=np.float64)
+    return {"implicit vs FD": float(np.abs(implicit - finite).max()),
+            "implicit vs closed form": math.nan if closed is None
+            else float(np.abs(implicit - closed).max()),
+            "FD vs closed form": math.nan if closed is None else float(np.abs(finite - closed).max()),
+            "scale": float(np.abs(finite).max())}
+
+
+def cg_experiment(kappas: tuple[float, ...], sizes: tuple[int, ...], iterations: int, *,
+                  seed: int = 0, device: Any = "cpu") -> dict[tuple[float, int], np.ndarray]:
+    """CG error curves (S8) of the adjoint system :math:`(-H)v = \\nabla_aF` of multi-task models
+    with cost :class:`Tridiagonal` ``with_condition_number(n, kappa)``, at a contract
+    :math:`\\beta_i \\sim U(0, 1)`; the exact adjoint comes from a banded direct solve (SciPy)."""
+    from scipy.linalg import solve_banded
+
+    curves = {}
+    for kappa in kappas:
+        for n in sizes:
+            cost = Tridiagonal.with_condition_number(n, kappa)
+            env = MultiTaskCaraNormal(1.0, cost, np.ones(n), np.ones(n), device=device)
+            theta = _tensor(np.random.default_rng(seed).uniform(0, 1, n), device)
+            rhs = grad(env.principal_profit, argnums=1)(theta, env.best_response(theta))
+            banded = np.vstack([np.r_[0, cost.off], cost.diag, np.r_[cost.off, 0]])
+            exact = _tensor(solve_banded((1, 1), banded, rhs.cpu().numpy()), device)
+            curves[kappa, n] = cg_error_curve(env._cost_matvec, rhs, exact, iterations)
+    return curves
+
+
+def hypergradient_timings(sizes: list[int], dense_sizes: list[int], *, seed: int = 0,
+                          device: Any = "cpu") -> tuple[dict[int, float], dict[int, float]]:
+    """Median seconds of one hypergradient, matrix-free (3 repeats) and dense (1 repeat, only for
+    ``dense_sizes``), on :func:`tridiagonal_multitask_env` at :math:`\\beta = 0.5`; both methods get
+    the same inner solution, so only the hypergradient is timed."""
+    from .runtime import median_seconds
+
+    matrix_free, dense = {}, {}
+    for n in sorted(set(sizes) | set(dense_sizes)):
+        env = tridiagonal_multitask_env(n, seed=seed, device=device)
+        theta = torch.full((n,), 0.5, dtype=DTYPE, device=device)
+        action = env.best_response(theta)
+        matrix_free[n] = median_seconds(functools.partial(hypergradient, env, theta, action=action),
+                                        repeats=3)
+        if n in dense_sizes:
+            dense[n] = median_seconds(
+                functools.partial(dense_hypergradient, env, theta, action=action), repeats=1)
+    return matrix_free, dense

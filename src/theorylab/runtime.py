@@ -115,7 +115,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
                              minimum=0.5),
             "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
         },
-        ci_seconds=40,
+        ci_seconds=55,
         full_minutes=15,
         full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
     ),
@@ -142,9 +142,10 @@ CHAPTERS: dict[str, ChapterSpec] = {
         notebook="chapters/speculative-inference.ipynb",
         params={
             "heatmap_step": Param(float, 0.05, 0.01, "grid step of the (c, a) heatmaps", minimum=0.001),
+            "heatmap_runs": Param(int, 50, 200, "simulated runs per cell of the N = 1000 heatmap", minimum=30),
             "mc_runs": Param(int, 4000, 100_000, "Monte-Carlo runs held against the exact expectation", minimum=100),
             "paths": Param(int, 10_000, 1_000_000, "sampled paths of the pathwise check of Theorem 1", minimum=100),
-            "emulation_runs": Param(int, 300, 3000, "runs per configuration of the Table 1 emulation", minimum=30),
+            "emulation_runs": Param(int, 300, 3000, "runs per configuration of the Table 1 emulation", minimum=300),
             "prompts": Param(int, 8, 50, "prompts of the greedy losslessness check", minimum=1),
             "sampling_draws": Param(int, 10_000, 100_000, "generations of the sampling test", minimum=1000),
             "target_ms": Param(float, 40.0, 40.0, "padded target latency t of the wall-clock runs, in ms",
@@ -174,11 +175,14 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "gpt_steps": Param(int, 600, 6000, "training steps of the tiny transformers", minimum=10),
             "samples": Param(int, 400, 2000, "sentences sampled from each model for the parser", minimum=10),
             "expressions": Param(int, 6000, 60_000, "Boolean expressions of the reasoning task", minimum=200),
+            "reasoning_steps": Param(int, 200, 6000, "training steps of each transformer of the reasoning task",
+                                     minimum=10),
         },
-        ci_seconds=50,
+        ci_seconds=75,
         full_minutes=30,
         full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
-                  "200 boosting rounds, 10x longer transformer training (estimated on CPU; not run)",
+                  "200 boosting rounds (both tree models), 10x longer transformer training, 30x longer "
+                  "for the two reasoning transformers (estimated on CPU; not run)",
     ),
     "collapse-and-transfer": ChapterSpec(
         name="collapse-and-transfer",

@@ -473,7 +473,8 @@ def _paper_dsi_epoch(s: Setting, n: int, remaining: int, blocks: int | None, rul
 
 def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: float, acceptance_rate: float,
                   lookahead: int, n_tokens: int, n_runs: int, seed: int = 0, sp_degree: int = 1,
-                  handicaps: Iterable[str] = (), second: float | None = None) -> np.ndarray:
+                  handicaps: Iterable[str] = (), second: float | None = None, pipe_wait: float = 0.0,
+                  restart_cost: float = 0.0) -> np.ndarray:
     r"""Latencies under the rules of the paper's thread-pool simulator, each switched on by name.
 
     With no handicap this is the idealised model (SI: D3; DSI: D4 with FIFO servers), run until at
@@ -490,12 +491,19 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
       finds the drawn drafts past the end (committed :math:`+\,n>N`, the simulator's stop test),
       normally that zero-draft call;
     * ``lifo``: DSI's pool serves the newest waiting task first;
-    * ``second_seed``: the draw of :math:`n` is seeded by the integer wall-clock second, so restarts
-      within one second reuse it; ``second`` is the second in units of the target latency, i.e.
-      :math:`1000/t_{\mathrm{ms}}` target passes (each run starts at a uniform phase).
+    * ``second_seed`` (an early version of the simulator, ``dsi/online/run/core.py`` of 1-4 July
+      2024): the draw of :math:`n` is seeded by the integer wall-clock second, read after the
+      ``pipe_wait`` that starts every restart, so restarts within one second reuse it; ``second``
+      and ``pipe_wait`` are in units of the target latency (:math:`1000/t_{\mathrm{ms}}` and
+      :math:`100/t_{\mathrm{ms}}` target passes for the simulator's 1 s and 0.1 s); each run starts
+      at a uniform phase.
 
-    The simulator also sleeps 0.1 s before each restart and subtracts it from the total, so that
-    wait costs nothing here; the cost of starting a process per restart is not modelled.
+    The simulator subtracts its 0.1 s pipe wait from the latency it reports, so the wait moves only
+    the wall clock that ``second_seed`` reads. ``restart_cost`` (units of :math:`t`, default 0) is a
+    cost paid by both algorithms at every restart, such as starting the process there; the
+    simulator pays one but does not report its size. First calls are assumed to cost what later
+    calls cost (the simulator charges each pool thread's and the drafter's first call a separate
+    time to first token).
     """
     check_algorithm(algorithm)
     unknown = sorted(set(handicaps) - set(PAPER_HANDICAPS))
@@ -504,6 +512,9 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
     rules = set(handicaps)
     if "second_seed" in rules:
         second = _positive("second (target passes per wall-clock second)", second)
+    for name, value in (("pipe_wait", pipe_wait), ("restart_cost", restart_cost)):
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: got {value!r}, expected a finite number >= 0")
     s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
                      acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree)
     n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
@@ -512,14 +523,14 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
         return np.full(n_runs, n_tokens * s.t)
     latencies = np.zeros(n_runs)
     for run in range(n_runs):
-        latencies[run] = _paper_run(algorithm, s, n_tokens, rules, rng, second)
+        latencies[run] = _paper_run(algorithm, s, n_tokens, rules, rng, second, pipe_wait, restart_cost)
     return latencies
 
 
 def _paper_run(algorithm: str, s: Setting, n_tokens: int, rules: set[str], rng: np.random.Generator,
-               second: float | None) -> float:
+               second: float | None, pipe_wait: float, restart_cost: float) -> float:
     """One generation of :func:`emulate_paper`."""
-    clock, committed = 0.0, 0
+    clock, committed, waited = 0.0, 0, 0.0
     phase = rng.uniform(0, second) if "second_seed" in rules else 0.0
     reused: dict[int, int] = {}
     restarting = True  # the first start is a restart too
@@ -527,11 +538,14 @@ def _paper_run(algorithm: str, s: Setting, n_tokens: int, rules: set[str], rng: 
     stop_call_only = {"block_rule", "restart_call"} <= rules
     while committed < n_tokens or stop_call_only:
         remaining = n_tokens - committed
+        if algorithm == "dsi" or restarting:  # a new process: its start cost, then the pipe wait
+            clock += restart_cost
+            waited += pipe_wait
         draw = int(rng.geometric(1 - s.a)) - 1 if s.a < 1 else n_tokens + PAPER_DRAW_CAP
         if "draw_cap" in rules:
             draw = min(draw, PAPER_DRAW_CAP)
         if "second_seed" in rules:
-            draw = reused.setdefault(int((clock + phase) // second), draw)
+            draw = reused.setdefault(int((clock + waited + phase) // second), draw)
         call = "restart_call" in rules and (algorithm == "dsi" or restarting)
         if call and committed + draw > n_tokens:  # the zero-draft call finds the end
             return clock + s.t
@@ -684,15 +698,16 @@ def paper_lookaheads(c: float, lookaheads: Iterable[int] = (1, 5, 10),
 
 def table_speedup(row: PaperRow, *, n_tokens: int = 50, lookaheads: tuple[int, ...] = (1, 5, 10),
                   sp_degree: int = PAPER_SERVER_BUDGET, handicaps: Iterable[str] | None = None,
-                  n_runs: int = 0, seed: int = 0) -> dict[str, Any]:
+                  n_runs: int = 0, seed: int = 0, restart_ms: float = 0.0) -> dict[str, Any]:
     r"""DSI/SI for one row: SI at its best lookahead against DSI at its best lookahead among those that
     need at most ``sp_degree`` servers (:func:`paper_lookaheads`), on that many servers, with
     :math:`t=1`, :math:`d=c` (the speedup depends on :math:`t,d` only through :math:`c`).
 
     ``handicaps=None`` gives exact expectations of the idealised model; otherwise means of ``n_runs``
     paths of :func:`emulate_paper` with those rules, a wall-clock second being :math:`1000/t_{ms}`
-    target passes (the latency arrays of the best configurations are returned too, under ``si runs``
-    and ``dsi runs``).
+    target passes and the pipe wait :math:`100/t_{ms}`, and ``restart_ms`` milliseconds paid by both
+    algorithms at every restart (the latency arrays of the best configurations are returned too,
+    under ``si runs`` and ``dsi runs``).
     """
     common = dict(target_latency=1.0, drafter_latency=row.c, acceptance_rate=row.acceptance, n_tokens=n_tokens)
     dsi_lookaheads = paper_lookaheads(row.c, lookaheads, sp_degree)
@@ -706,7 +721,8 @@ def table_speedup(row: PaperRow, *, n_tokens: int = 50, lookaheads: tuple[int, .
             for L in choices:
                 runs[algorithm, L] = emulate_paper(
                     algorithm, lookahead=L, sp_degree=sp_degree, handicaps=handicaps, n_runs=n_runs,
-                    seed=seed + 7 * L + (algorithm == "dsi"), second=1000.0 / row.t, **common)
+                    seed=seed + 7 * L + (algorithm == "dsi"), second=1000.0 / row.t, pipe_wait=100.0 / row.t,
+                    restart_cost=restart_ms / row.t, **common)
         si = {L: runs["si", L].mean() for L in lookaheads}
         dsi = {L: runs["dsi", L].mean() for L in dsi_lookaheads}
     best_si, best_dsi = min(si, key=si.get), min(dsi, key=dsi.get)
@@ -727,18 +743,25 @@ def ratio_of_means_band(numerator: np.ndarray, denominator: np.ndarray, batch: i
     return float(low), float(high)
 
 
+MERGED_SIMULATOR = PAPER_HANDICAPS[:5]
+"""The rules of the simulator as merged into the paper's repository (all but ``second_seed``)."""
+
+
 @dataclass
 class PaperTable:
     """Table 1 set beside the model: the paper's speedups, the idealised model's (exact expectations),
     the emulation's mean speedup with the simulator's rules switched on cumulatively
     (``emulated[stage]``; stage ``"none"`` is the emulator with no rule, a Monte-Carlo estimate of the
-    idealised model), the 5-95% band of a 30-run estimate with every rule on, and DSI's lookaheads."""
+    idealised model), the 5-95% band of a 30-run estimate under the merged simulator's rules
+    (:data:`MERGED_SIMULATOR`), DSI's lookaheads, and the mean gap under those rules when every
+    restart costs both algorithms ``restart_gaps`` keys' milliseconds."""
 
     rows: tuple[PaperRow, ...]
     idealised: np.ndarray
     emulated: dict[str, np.ndarray]
     bands: np.ndarray
     dsi_lookaheads: list[tuple[int, ...]]
+    restart_gaps: dict[float, float]
 
     @property
     def paper(self) -> np.ndarray:
@@ -751,15 +774,25 @@ class PaperTable:
         return gaps
 
     def inside_bands(self) -> int:
-        """How many of the paper's speedups lie inside the 30-run band of the full emulation."""
+        """How many of the paper's speedups lie inside the 30-run band under the merged simulator's rules."""
         return int(np.sum((self.bands[:, 0] <= self.paper) & (self.paper <= self.bands[:, 1])))
+
+    def closing_restart_ms(self) -> float:
+        """The restart cost (ms, linear interpolation of ``restart_gaps``) at which the mean gap under
+        the merged simulator's rules is zero; NaN if the computed costs do not bracket it."""
+        costs, gaps = np.array(list(self.restart_gaps)), np.array(list(self.restart_gaps.values()))
+        crossing = np.nonzero(np.diff(np.sign(gaps)) > 0)[0]
+        if crossing.size == 0:
+            return float("nan")
+        i = crossing[0]
+        return float(costs[i] - gaps[i] * (costs[i + 1] - costs[i]) / (gaps[i + 1] - gaps[i]))
 
     def bars(self, ax) -> None:
         """Bars of the paper's, the idealised and the fully emulated speedup per row, with the band."""
-        x, final = np.arange(len(self.rows)), list(self.emulated.values())[-1]
+        x, final = np.arange(len(self.rows)), self.emulated[MERGED_SIMULATOR[-1]]
         ax.bar(x - 0.27, self.paper, 0.27, label="paper")
         ax.bar(x, self.idealised, 0.27, label="idealised model")
-        ax.bar(x + 0.27, final, 0.27, label="paper's rules (emulated)")
+        ax.bar(x + 0.27, final, 0.27, label="simulator's rules R1-R5 (emulated)")
         ax.errorbar(x + 0.27, final, yerr=np.abs(self.bands.T - final), fmt="none", color="k", linewidth=0.8)
         ax.axhline(1, color="k", linewidth=0.6)
         ax.set_xticks(x, [f"{r.target} {r.dataset}" for r in self.rows], fontsize=6.5, rotation=60, ha="right")
@@ -780,22 +813,31 @@ class PaperTable:
                          f"{lookaheads:>6s} {row.speedup:5.2f} {self.idealised[i]:5.2f} {cells}  "
                          + "≈[%.2f, %.2f]" % tuple(self.bands[i]))
         legend = ", ".join(f"R{k + 1} {stage}" for k, stage in enumerate(stages))
-        return "\n".join(lines + [f"rules switched on cumulatively: {legend}"])
+        return "\n".join(lines + [f"rules switched on cumulatively: {legend}; band: R1-R{len(MERGED_SIMULATOR)}"])
 
 
-def paper_table(*, n_runs: int, seed: int = 0, rows: tuple[PaperRow, ...] = PAPER_TABLE_1) -> PaperTable:
+def paper_table(*, n_runs: int, seed: int = 0, rows: tuple[PaperRow, ...] = PAPER_TABLE_1,
+                restart_ms: tuple[float, ...] = (10.0, 20.0, 40.0)) -> PaperTable:
     """:class:`PaperTable` of ``rows``: exact idealised speedups, then :func:`table_speedup` with the
-    first k rules of :data:`PAPER_HANDICAPS` for k = 0..6 (``n_runs`` paths per configuration)."""
+    first k rules of :data:`PAPER_HANDICAPS` for k = 0..6 (``n_runs`` paths per configuration), and
+    the merged simulator's rules with each restart cost of ``restart_ms``."""
     idealised = np.array([table_speedup(row)["speedup"] for row in rows])
-    emulated, last = {}, []
+    emulated, bands = {}, np.zeros((len(rows), 2))
     for k in range(len(PAPER_HANDICAPS) + 1):
         results = [table_speedup(row, handicaps=PAPER_HANDICAPS[:k], n_runs=n_runs, seed=seed + 11 * i)
                    for i, row in enumerate(rows)]
         emulated["none" if k == 0 else PAPER_HANDICAPS[k - 1]] = np.array([r["speedup"] for r in results])
-        last = results
-    bands = np.array([ratio_of_means_band(r["si runs"], r["dsi runs"], seed=seed + i)
-                      for i, r in enumerate(last)])
-    return PaperTable(rows, idealised, emulated, bands, [paper_lookaheads(row.c) for row in rows])
+        if PAPER_HANDICAPS[:k] == MERGED_SIMULATOR:
+            bands = np.array([ratio_of_means_band(r["si runs"], r["dsi runs"], seed=seed + i)
+                              for i, r in enumerate(results)])
+    paper = np.array([row.speedup for row in rows])
+    restart_gaps = {0.0: float(np.mean(paper - emulated[MERGED_SIMULATOR[-1]]))}
+    for ms in restart_ms:
+        speedups = [table_speedup(row, handicaps=MERGED_SIMULATOR, n_runs=n_runs, seed=seed + 11 * i,
+                                  restart_ms=ms)["speedup"] for i, row in enumerate(rows)]
+        restart_gaps[float(ms)] = float(np.mean(paper - np.array(speedups)))
+    return PaperTable(rows, idealised, emulated, bands, [paper_lookaheads(row.c) for row in rows],
+                      restart_gaps)
 
 
 # The concurrent engine lives in its own module; it is part of this chapter's interface.

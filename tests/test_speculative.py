@@ -248,7 +248,7 @@ def _simulator_dsi_epoch(n, total, c, L, P, N):
     """One DSI epoch of the simulator: task j (j L drafts) is submitted at j L c to a LIFO pool of P
     workers busy 1 per task; the first task whose result decides (a rejection, or the stop) ends it.
     Returns (duration, stopped)."""
-    waiting, running, j = [], [], 0  # running: finish times
+    waiting, running, running_tasks, j = [], [], [], 0  # finish times and tasks of the busy workers
     while True:
         submit = j * L * c
         finish = min(running) if running else math.inf
@@ -264,7 +264,6 @@ def _simulator_dsi_epoch(n, total, c, L, P, N):
                 return now, False
             if total + n > N:
                 return now, True
-        running_tasks = running_tasks if running else []
         while waiting and len(running) < P:
             started = waiting.pop()  # LIFO
             running.append(now + 1.0)

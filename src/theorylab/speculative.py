@@ -804,14 +804,14 @@ class PaperTable:
         (emulated) values are marked with a leading approximately-sign."""
         stages = [stage for stage in self.emulated if stage != "none"]
         head = (f"{'target, data':24s} {'c':>5s} {'a':>4s} {'DSI L':>6s} {'paper':>5s} {'ideal':>5s} "
-                + " ".join(f"{'R%d' % (k + 1):>5s}" for k in range(len(stages))) + "  30-run band")
+                + " ".join(f"{f'R{k + 1}':>5s}" for k in range(len(stages))) + "  30-run band")
         lines = [head]
         for i, row in enumerate(self.rows):
-            cells = " ".join(f"{'≈%.2f' % self.emulated[stage][i]:>5s}" for stage in stages)
+            cells = " ".join(f"{f'≈{self.emulated[stage][i]:.2f}':>5s}" for stage in stages)
             lookaheads = ",".join(map(str, self.dsi_lookaheads[i]))
             lines.append(f"{row.target + ' ' + row.dataset:24s} {row.c:5.3f} {row.acceptance:4.2f} "
                          f"{lookaheads:>6s} {row.speedup:5.2f} {self.idealised[i]:5.2f} {cells}  "
-                         + "≈[%.2f, %.2f]" % tuple(self.bands[i]))
+                         + f"≈[{self.bands[i, 0]:.2f}, {self.bands[i, 1]:.2f}]")
         legend = ", ".join(f"R{k + 1} {stage}" for k, stage in enumerate(stages))
         return "\n".join(lines + [f"rules switched on cumulatively: {legend}; band: R1-R{len(MERGED_SIMULATOR)}"])
 

@@ -527,9 +527,6 @@ def test_tournament_with_equal_exposure_is_flat_in_the_simulated_common_shock():
         assert result.converged and result.prize_spread == pytest.approx(expected, abs=1e-10)
     profits = [result.profit for result in results]
     assert max(profits) - min(profits) <= 1e-12
-    # the shock is in the model: the conditional means move with it, only their difference does not
-    env = results[0], ct.Tournament(1.0, 1.0, 1.0, 3.0)
-    assert float(env[1]._exposure.abs().max()) == 3.0
 
 
 def test_tournament_rejects_bad_loadings_and_nodes():
@@ -587,7 +584,7 @@ def test_side_by_side_marks_every_number_and_reports_the_gap():
     assert lines[2].split()[-1] == "≈0e+00"
 
 
-def test_logistic_oracle_uses_every_start_and_agrees_across_them():
+def test_logistic_oracle_uses_every_start_and_returns_the_best():
     oracle = ct.logistic_optimum_oracle(1.0, 1.0, 1.0, 2.0, starts=3, seed=1)
     assert oracle["start_profits"].shape == (3,)
     assert oracle["profit"] >= oracle["start_profits"].max() - 1e-12

@@ -112,7 +112,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "mc_max_log2": Param(int, 11, 14, "largest Monte-Carlo sample size, as a power of 2",
                                  minimum=3),
             "cap_max": Param(float, 2.0, 5.0, "largest cap on the logistic bonus (see the chapter beyond 5)",
-                             minimum=0.5),
+                             minimum=1.0),
             "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
         },
         ci_seconds=55,

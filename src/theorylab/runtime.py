@@ -153,7 +153,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "train_steps": Param(int, 300, 3000, "training steps of the target model", minimum=10),
             "model_width": Param(int, 32, 128, "width of the target transformer", choices=(16, 32, 64, 128, 256)),
         },
-        ci_seconds=50,
+        ci_seconds=70,
         full_minutes=10,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
                   "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device)",

@@ -266,7 +266,8 @@ def test_parity_sizes_are_computed_from_built_trees_and_match_the_closed_forms()
     sizes = ardt.parity_sizes(range(2, 9))
     assert sizes["lower bound"] == sizes["one-shot CART"] == [2**n for n in range(2, 9)]
     assert sizes["ARDT, circuit"] == [4 * (n - 1) for n in range(2, 9)]
-    assert sizes["ARDT, automaton"] == [ardt.leaf_bound_dfa(2, 2)] * 7 == [9] * 7
+    # the same rule for both ARDTs: leaves a valid run reaches, (|Q|+1)|Sigma| = 6 for the automaton
+    assert sizes["ARDT, automaton"] == [ardt.compile_dfa(*ardt.parity_dfa()).n_output_leaves] * 7 == [6] * 7
     with pytest.raises(ValueError, match=">= 2"):
         ardt.parity_sizes([1, 3])
 
@@ -301,3 +302,56 @@ def _count_internal(node):
     if isinstance(node, ardt.Leaf):
         return 0
     return 1 + sum(_count_internal(c) for c in node.children.values()) + _count_internal(node.default)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_dfa_reaches_every_state_and_has_no_redundant_state(seed):
+    """Oracle: breadth-first search written here, and rows compared by hand. The old draw reached only
+    2 of 5 states at seeds 1 and 3."""
+    transitions, start = ardt.random_dfa(5, seed=seed)
+    seen, frontier = {start}, [start]
+    while frontier:
+        q = frontier.pop()
+        for x in (0, 1):
+            if transitions[q, x] not in seen:
+                seen.add(transitions[q, x])
+                frontier.append(transitions[q, x])
+    assert seen == set(range(5))
+    rows = [(transitions[q, 0], transitions[q, 1]) for q in range(5)]
+    assert len(set(rows)) == 5
+
+
+def test_reachability_and_redundancy_on_hand_made_automata():
+    dead = {(0, 0): 0, (0, 1): 1, (1, 0): 1, (1, 1): 0, (2, 0): 0, (2, 1): 2}
+    assert ardt.reachable_states(dead, 0) == {0, 1}
+    same = {("a", 0): "a", ("a", 1): "b", ("b", 0): "a", ("b", 1): "b"}
+    assert ardt.redundant_pairs(same, "a") == [("a", "b")]
+    assert ardt.redundant_pairs(*ardt.mod_k_dfa(3)) == []
+
+
+def test_learned_tree_is_scored_on_whole_traces_not_final_states():
+    """With 3 traces CART writes some states wrong midway: the final-state share (the old score) is
+    higher than the whole-trace share, computed here from simulate_dfa_batch."""
+    dfa = ardt.compile_dfa(*ardt.mod_k_dfa(3))
+    result = ardt.learn_from_traces(dfa, 8, (3,), seed=0)
+    inputs = ardt.all_inputs(8)
+    truth = ardt.simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs)
+    written = result["tree"].generate_batch(inputs, 8) - len(dfa.alphabet)
+    whole = np.mean(np.all(written == truth, axis=1))
+    final = np.mean(written[:, -1] == truth[:, -1])
+    assert result["exact"] == pytest.approx(whole) and whole < final
+    assert ardt.whole_trace_exactness(np.array([[0, 1], [1, 1]]), np.array([[0, 1], [0, 1]])) == 0.5
+    with pytest.raises(ValueError, match="shapes"):
+        ardt.whole_trace_exactness(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_drawn_turing_machine_labels_show_the_blank():
+    assert ardt.token_text(("cell", "_")) == "␣" and ardt.token_text(("head", "carry", "_")) == "carry:␣"
+    assert ardt.token_text(("cell", 1)) == "1"
+
+
+def test_one_shot_parity_cart_for_three_bits_has_all_eight_leaves():
+    tree = ardt.one_shot_parity_cart(3)
+    assert tree.get_n_leaves() == 8 and tree.get_depth() == 3
+    inputs = ardt.all_inputs(3)
+    assert (tree.predict(inputs) == inputs.sum(axis=1) % 2).all()

@@ -57,20 +57,67 @@ def test_model_size_counts_leaves_of_ensembles_of_known_shape():
         pipeline.model_size(object())
 
 
+def _verdicts(tree, gpt, floor, paper=None, **options):
+    paper = paper or {"perplexity": 10.0, "grammatical": 0.1}
+    options = {"max_ratio": 1.10, "min_excess_gap": 0.1, "floor_sd": 0.003, **options}
+    return pipeline.language_model_verdicts(tree, gpt, floor, pipeline=paper, **options)
+
+
 def test_language_model_verdicts_reject_what_the_looser_old_check_accepted():
-    floor, gpt = 4.68, {"perplexity": 4.87, "grammatical": 0.95}
-    good = {"perplexity": 5.13, "grammatical": 0.95}
-    assert all(pipeline.language_model_verdicts(good, gpt, floor, max_ratio=1.10, min_excess_gap=0.1).values())
+    floor = 4.68
+    gpt = {"perplexity": 4.87, "grammatical": 0.95, "accuracy": 0.370, "parameters": 108450}
+    good = {"perplexity": 5.13, "grammatical": 0.95, "accuracy": 0.369, "parameters": 56760}
+    assert all(_verdicts(good, gpt, floor).values())
     # within the old 1.5x tolerance, but 40% worse than the transformer
-    loose = pipeline.language_model_verdicts({**good, "perplexity": 6.8}, gpt, floor, max_ratio=1.10,
-                                             min_excess_gap=0.1)
-    assert not loose["tree perplexity within ratio"]
+    assert not _verdicts({**good, "perplexity": 6.8}, gpt, floor)["tree perplexity within ratio"]
     # trees closer to the floor than the transformer: the prose's claim is false, and the old check passed it
-    closer = pipeline.language_model_verdicts({**good, "perplexity": 4.80}, gpt, floor, max_ratio=1.10,
-                                              min_excess_gap=0.1)
+    closer = _verdicts({**good, "perplexity": 4.80}, gpt, floor)
     assert not closer["trees further above the floor"] and not closer["tree perplexity within ratio"]
-    below = pipeline.language_model_verdicts(good, {**gpt, "perplexity": 4.0}, floor, max_ratio=2, min_excess_gap=0)
+    below = _verdicts(good, {**gpt, "perplexity": 4.0}, floor, max_ratio=2, min_excess_gap=0)
     assert not below["no model below the floor"]
+
+
+def test_language_model_verdicts_check_accuracy_size_pipeline_and_the_floor_from_test_noise():
+    floor = 4.68
+    gpt = {"perplexity": 4.87, "grammatical": 0.95, "accuracy": 0.370, "parameters": 108450}
+    good = {"perplexity": 5.13, "grammatical": 0.95, "accuracy": 0.369, "parameters": 56760}
+    assert not _verdicts({**good, "accuracy": 0.34}, gpt, floor)["accuracy matches"]
+    assert not _verdicts({**good, "parameters": 200_000}, gpt, floor)["trees smaller"]
+    assert not _verdicts(good, gpt, floor, paper={"perplexity": 5.0, "grammatical": 0.1})["pipeline worst"]
+    # 1.5% below the floor: the old 3% slack passed it; four test-set sds of 0.3% do not
+    low_paper = {"perplexity": 0.985 * floor, "grammatical": 0.1}
+    assert not _verdicts(good, gpt, floor, paper=low_paper)["no model below the floor"]
+    near = {"perplexity": 0.99 * floor, "grammatical": 0.1}  # within 4 sd of 0.3%: a noise-sized dip
+    assert _verdicts(good, gpt, floor, paper=near)["no model below the floor"]
+
+
+def test_log_perplexity_sd_matches_the_spread_over_redrawn_test_sets():
+    """Oracle: the standard deviation of log-perplexity over 400 independent test sets."""
+    grammar = Grammar()
+    pool = grammar.sample(40_000, seed=5)
+    log_probs = np.array([grammar.log_prob(s) for s in pool])
+    lengths = np.array([len(s) for s in pool])
+    sets = np.arange(40_000).reshape(400, 100)
+    spread = np.std([-log_probs[i].sum() / lengths[i].sum() for i in sets], ddof=1)
+    predicted = np.mean([pipeline.log_perplexity_sd(log_probs[i], lengths[i]) for i in sets[:50]])
+    assert predicted == pytest.approx(spread, rel=0.15)
+    assert pipeline.grammar_log_perplexity_sd(grammar, pool[:100]) == pytest.approx(
+        pipeline.log_perplexity_sd(log_probs[:100], lengths[:100]))
+    with pytest.raises(ValueError, match="at least 2"):
+        pipeline.log_perplexity_sd([-1.0], [1])
+
+
+def test_reasoning_verdicts_reject_trees_on_labelled_states_far_above_the_tokens():
+    r = {"tokens, window": 0.903, "tokens, bag": 0.805, "pretext states, window": 0.87,
+         "pretext states, bag": 0.894, "labelled states, window": 0.898,
+         "labelled: linear probe": 0.79, "labelled: own read-out": 0.756, "majority class": 0.52}
+    assert all(pipeline.reasoning_verdicts(r).values())
+    assert not pipeline.reasoning_verdicts({**r, "labelled states, window": 0.95})[
+        "labelled states no better than tokens"]
+    assert not pipeline.reasoning_verdicts({**r, "pretext states, bag": 0.95})[
+        "pretext states no better than tokens"]
+    assert not pipeline.reasoning_verdicts({**r, "tokens, bag": 0.9})["order matters on tokens"]
+    assert set(pipeline.SEED_SPREAD.values()) >= {"reasoning.tokens, window", "agreement.trees, L=2"}
 
 
 def test_word2vec_tree_lm_is_normalised_deterministic_and_beats_the_unigram_guess():

@@ -163,6 +163,11 @@ class _Compiled:
     def n_leaves(self) -> int:
         return self.tree.n_leaves
 
+    @property
+    def n_output_leaves(self) -> int:
+        """Leaves that are not error leaves: those a valid run can reach."""
+        return sum(not leaf.error for leaf in self.tree.leaves())
+
 
 @dataclass
 class CompiledDFA(_Compiled):
@@ -273,9 +278,41 @@ def mod_k_dfa(k: int) -> tuple[dict, int]:
     return {(q, x): (q + x) % k for q in range(k) for x in (0, 1)}, 0
 
 
-def random_dfa(n_states: int, alphabet: Sequence[Hashable] = (0, 1), seed: int = 0) -> tuple[dict, int]:
+def reachable_states(transitions: Mapping, start: Hashable) -> set:
+    """The states some input string leads to from ``start`` (breadth-first search)."""
+    seen, frontier = {start}, [start]
+    while frontier:
+        q = frontier.pop()
+        for (p, _), r in transitions.items():
+            if p == q and r not in seen:
+                seen.add(r)
+                frontier.append(r)
+    return seen
+
+
+def redundant_pairs(transitions: Mapping, start: Hashable) -> list[tuple]:
+    r"""Pairs of reachable states :math:`p\ne q` with :math:`\delta(p,x)=\delta(q,x)` for every symbol
+    :math:`x`: from them every continuation writes the same states, so one of the two could be merged
+    into the other and the automaton is not minimal (for a chain of thought, whose output is the
+    state itself, this is the only way two distinct states can be equivalent)."""
+    alphabet = list(dict.fromkeys(x for _, x in transitions))
+    states = sorted(reachable_states(transitions, start), key=repr)
+    rows = {q: tuple(transitions[q, x] for x in alphabet) for q in states}
+    return [(p, q) for i, p in enumerate(states) for q in states[i + 1:] if rows[p] == rows[q]]
+
+
+def random_dfa(n_states: int, alphabet: Sequence[Hashable] = (0, 1), seed: int = 0,
+               max_draws: int = 10_000) -> tuple[dict, int]:
+    r"""A random automaton on states :math:`0..n-1` (start 0) with :math:`\delta(q,x)` uniform, redrawn
+    from the same generator until every state is reachable from 0 and no two states are redundant
+    (:func:`redundant_pairs` is empty), so that it really has ``n_states`` states."""
     rng = np.random.default_rng(seed)
-    return {(q, x): int(rng.integers(n_states)) for q in range(n_states) for x in alphabet}, 0
+    for _ in range(max_draws):
+        transitions = {(q, x): int(rng.integers(n_states)) for q in range(n_states) for x in alphabet}
+        if (len(reachable_states(transitions, 0)) == n_states
+                and not redundant_pairs(transitions, 0)):
+            return transitions, 0
+    raise ValueError(f"no minimal {n_states}-state automaton in {max_draws} draws")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,10 +505,6 @@ class CompiledCircuit(_Compiled):
     n_inputs: int
     gates: tuple[Gate, ...]
 
-    @property
-    def n_output_leaves(self) -> int:
-        return sum(not leaf.error for leaf in self.tree.leaves())
-
     def run(self, inputs: Sequence[int]) -> list[int]:
         """The gate values :math:`g_1..g_N` the tree writes after the inputs."""
         inputs = list(inputs)
@@ -545,30 +578,41 @@ def one_shot_parity_leaves(n: int) -> int:
     return 2 ** n
 
 
+def one_shot_parity_cart(n: int, seed: int = 0):
+    r"""CART (scikit-learn's ``DecisionTreeClassifier``) fitted to all :math:`2^n` strings labelled by
+    :math:`x_1\oplus\cdots\oplus x_n`: a one-shot tree, which S2 forces to :math:`2^n` leaves."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    inputs = all_inputs(n)
+    return DecisionTreeClassifier(random_state=seed).fit(inputs, inputs.sum(axis=1) % 2)
+
+
 def parity_sizes(lengths: Iterable[int], seed: int = 0) -> dict[str, list[int]]:
     r"""Leaf counts for parity of :math:`n` bits, every one computed from a built tree: CART fitted
     to all :math:`2^n` labelled strings (one-shot), the compiled XOR-chain circuit tree (S4,
-    non-error leaves) and the compiled parity automaton tree (S1, all leaves); with the S2 lower
-    bound :math:`2^n` beside them."""
+    non-error leaves) and the compiled parity automaton tree (S1, non-error leaves:
+    :math:`(|Q|+1)|\Sigma|=6`); both ARDTs are counted by the same rule, leaves a valid run can reach
+    (error leaves only answer windows no run produces); with the S2 lower bound :math:`2^n` beside them."""
     from sklearn.tree import DecisionTreeClassifier
 
     lengths = [int(n) for n in lengths]
     if any(n < 2 for n in lengths):
         raise ValueError(f"lengths: got {lengths}, expected integers >= 2 (a chain needs two inputs)")
-    cart = []
-    for n in lengths:
-        inputs = all_inputs(n)
-        model = DecisionTreeClassifier(random_state=seed).fit(inputs, inputs.sum(axis=1) % 2)
-        cart.append(int(model.get_n_leaves()))
+    cart = [int(one_shot_parity_cart(n, seed).get_n_leaves()) for n in lengths]
     automaton = compile_dfa(*parity_dfa())
     return {"n": lengths, "lower bound": [one_shot_parity_leaves(n) for n in lengths],
             "one-shot CART": cart,
             "ARDT, circuit": [compile_circuit(n, parity_circuit(n)).n_output_leaves for n in lengths],
-            "ARDT, automaton": [automaton.n_leaves for _ in lengths]}
+            "ARDT, automaton": [automaton.n_output_leaves for _ in lengths]}
 
 
 # ----------------------------------------------------------------------------------------------
 # Drawing
+
+
+def blank_text(symbol: Hashable) -> str:
+    """A tape symbol as text, the blank ``_`` as ``␣`` (an underscore vanishes in rotated labels)."""
+    return "␣" if symbol == "_" else str(symbol)
 
 
 def token_text(token: Hashable) -> str:
@@ -583,9 +627,9 @@ def token_text(token: Hashable) -> str:
         if kind == "state":
             return f"q{token[1]}"
         if kind == "head":
-            return f"{token[1]}:{token[2]}"
+            return f"{token[1]}:{blank_text(token[2])}"
         if kind in ("sym", "cell"):
-            return str(token[1])
+            return blank_text(token[1])
         return str(kind)
     return str(token)
 
@@ -697,26 +741,38 @@ def fit_ardt(windows: np.ndarray, targets: np.ndarray, vocabulary_size: int, see
     return LearnedARDT(model, vocabulary_size, windows.shape[1])
 
 
+def whole_trace_exactness(written: np.ndarray, truth: np.ndarray) -> float:
+    """The share of rows (inputs) on which the written chain of thought equals the true one at
+    **every** step, not only the last."""
+    written, truth = np.asarray(written), np.asarray(truth)
+    if written.shape != truth.shape:
+        raise ValueError(f"traces of shapes {written.shape} and {truth.shape}")
+    return float(np.mean(np.all(written == truth, axis=1)))
+
+
 def learn_from_traces(dfa: CompiledDFA, length: int, trace_counts: Sequence[int], seed: int = 0) -> dict:
     """CART on the one-hot windows of the traces of random inputs of ``length``, trying each count
-    in ``trace_counts`` until the learned ARDT writes the right final state on all inputs of that
-    length; with a one-shot CART fitted on the same inputs (the first count) as the comparison."""
+    in ``trace_counts`` until the learned ARDT writes the whole chain of thought :math:`q_1..q_n`
+    right (:func:`whole_trace_exactness`, against :meth:`CompiledDFA.trace_all`) on all inputs of
+    that length; with a one-shot CART fitted on the same inputs (the first count), mapping the
+    input to the final state, as the comparison."""
     from sklearn.tree import DecisionTreeClassifier
 
     every = all_inputs(length, len(dfa.alphabet))
-    truth = dfa.run_all(length)
+    truth = dfa.trace_all(length)
     for count in trace_counts:
         inputs = np.random.default_rng(seed).integers(0, len(dfa.alphabet), size=(count, length))
         windows, targets = dfa_trace_windows(dfa, inputs)
         tree = fit_ardt(windows, targets, len(dfa.vocabulary), seed=seed)
-        exact = float(np.mean(tree.generate_batch(every, length)[:, -1] - len(dfa.alphabet) == truth))
+        written = tree.generate_batch(every, length) - len(dfa.alphabet)
+        exact = whole_trace_exactness(written, truth)
         if exact == 1.0:
             break
     first = inputs[:trace_counts[0]]
     index = (first * len(dfa.alphabet) ** np.arange(length - 1, -1, -1)).sum(axis=1)
-    one_shot = DecisionTreeClassifier(random_state=seed).fit(first, truth[index])
+    one_shot = DecisionTreeClassifier(random_state=seed).fit(first, truth[index, -1])
     return {"traces": count, "depth": tree.depth, "leaves": tree.n_leaves, "exact": exact,
-            "one_shot": float(one_shot.score(every, truth)), "tree": tree}
+            "one_shot": float(one_shot.score(every, truth[:, -1])), "tree": tree}
 
 
 def all_inputs(length: int, alphabet_size: int = 2) -> np.ndarray:

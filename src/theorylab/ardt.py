@@ -593,7 +593,6 @@ def parity_sizes(lengths: Iterable[int], seed: int = 0) -> dict[str, list[int]]:
     non-error leaves) and the compiled parity automaton tree (S1, non-error leaves:
     :math:`(|Q|+1)|\Sigma|=6`); both ARDTs are counted by the same rule, leaves a valid run can reach
     (error leaves only answer windows no run produces); with the S2 lower bound :math:`2^n` beside them."""
-    from sklearn.tree import DecisionTreeClassifier
 
     lengths = [int(n) for n in lengths]
     if any(n < 2 for n in lengths):

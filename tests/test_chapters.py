@@ -2,6 +2,7 @@
 executed top to bottom from the current sources without errors, it is parameterised for papermill,
 and its ci profile fits the 90-second budget. nbval (run by the same pytest command) then re-executes
 each notebook and compares its outputs."""
+import re
 from pathlib import Path
 
 import jupytext
@@ -78,7 +79,8 @@ def test_first_code_cell_is_the_parameters_cell_with_every_knob(chapter):
 def test_second_code_cell_validates_the_parameters(chapter):
     _, _, notebook = chapter
     second = [cell for cell in notebook.cells if cell.cell_type == "code"][1]
-    assert "runtime.configure(profile, device, seed" in second.source
+    # line breaks inside the call are formatting (the 88-column rule), not a change of call
+    assert re.search(r"runtime\.configure\(\s*profile,\s*device,\s*seed\b", second.source)
 
 
 def test_every_chapter_has_a_baseline_calibrated_on_five_seeds_and_three_cpu_kernel_sets(chapter):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from theorylab import speculative as spec
+from theorylab import speculative_engine as engine
 from theorylab import tinylm
 
 SETTING = dict(target_latency=1.0, drafter_latency=0.1, acceptance_rate=0.8, lookahead=2, sp_degree=5)
@@ -77,11 +78,11 @@ def engine_overhead(quick: bool) -> None:
     print("3. concurrent engine against the latency model (t = 40 ms padded, N = 50)")
     target, drafter, prompt = trained_pair()
     t = 0.04
-    reference = spec.generate("nonsi", target, drafter, prompt, 50)
-    trace = spec.acceptance_trace(drafter, prompt, reference.tokens)
+    reference = engine.generate("nonsi", target, drafter, prompt, 50)
+    trace = engine.acceptance_trace(drafter, prompt, reference.tokens)
     for c in ((0.3,) if quick else (0.1, 0.3)):
         P = spec.servers_needed(1.0, c, 1)
-        run = spec.generate("dsi", target, drafter, prompt, 50, lookahead=1, sp_degree=P, target_delay=t,
+        run = engine.generate("dsi", target, drafter, prompt, 50, lookahead=1, sp_degree=P, target_delay=t,
                             drafter_delay=c * t)
         verify = [b.end - b.start for b in run.intervals if b.kind == "verify"]
         drafts = [b.end - b.start for b in run.intervals if b.kind == "draft"]
@@ -92,9 +93,9 @@ def engine_overhead(quick: bool) -> None:
               f"{np.mean(run.restart_delays) / (c * t):.2f} d; {run.preempted} passes preempted, {run.dropped} dropped")
     print("4. speedup over non-SI per SP degree (L = 3, c = 0.1: knee at ceil(t/(Ld)) = "
           f"{spec.servers_needed(1.0, 0.1, 3)})")
-    nonsi = spec.generate("nonsi", target, drafter, prompt, 50, target_delay=t).seconds
+    nonsi = engine.generate("nonsi", target, drafter, prompt, 50, target_delay=t).seconds
     for P in ((1, 4) if quick else (1, 2, 3, 4, 6)):
-        run = spec.generate("dsi", target, drafter, prompt, 50, lookahead=3, sp_degree=P, target_delay=t,
+        run = engine.generate("dsi", target, drafter, prompt, 50, lookahead=3, sp_degree=P, target_delay=t,
                             drafter_delay=0.1 * t)
         replay = spec.replay("dsi", trace, target_latency=t, drafter_latency=0.1 * t, lookahead=3, sp_degree=P)
         print(f"   P={P}: measured {nonsi / run.seconds:.2f}x, replayed {nonsi / replay:.2f}x "

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from theorylab import speculative as sp
+from theorylab import speculative_engine as engine
 from theorylab import tinylm as tl
 
 VOCAB = 8
@@ -25,7 +26,7 @@ def models():
 def test_greedy_si_and_dsi_reproduce_the_targets_own_greedy_decode(models):
     target, drafter = models
     for k, prompt in enumerate([[1], [2, 5], [0, 0, 7], [3, 1, 4, 1]]):
-        reference = sp.generate("nonsi", target, drafter, prompt, 12).tokens
+        reference = engine.generate("nonsi", target, drafter, prompt, 12).tokens
         manual = list(prompt)
         for _ in range(12):  # the oracle: argmax of the target, one token at a time
             manual.append(int(np.argmax(target(manual)[-1])))
@@ -33,14 +34,15 @@ def test_greedy_si_and_dsi_reproduce_the_targets_own_greedy_decode(models):
         for algorithm in ("si", "dsi"):
             for lookahead in (1, 3):
                 for sp_degree in (1, 2, 4):
-                    out = sp.generate(algorithm, sp.Jittered(target, seed=k), sp.Jittered(drafter, seed=k + 1), prompt, 12,
-                                      lookahead=lookahead, sp_degree=sp_degree)
+                    out = engine.generate(algorithm, engine.Jittered(target, seed=k),
+                                          engine.Jittered(drafter, seed=k + 1), prompt, 12,
+                                          lookahead=lookahead, sp_degree=sp_degree)
                     assert out.tokens == reference, (algorithm, lookahead, sp_degree)
 
 
 def test_sampled_dsi_output_does_not_depend_on_thread_timing(models):
     target, drafter = models
-    outputs = {tuple(sp.generate("dsi", sp.Jittered(target, seed=k), drafter, [1, 2], 10, lookahead=2, sp_degree=p,
+    outputs = {tuple(engine.generate("dsi", engine.Jittered(target, seed=k), drafter, [1, 2], 10, lookahead=2, sp_degree=p,
                                  temperature=1.0, seed=11).tokens) for k, p in [(0, 1), (1, 3), (2, 2)]}
     assert len(outputs) == 1
 
@@ -51,28 +53,28 @@ def test_residual_rule_commits_the_target_law_and_the_fresh_rule_does_not():
     logp, logq = np.log(p), np.log(q)
     draws = 40_000
     for rule, law in [("residual", p), ("fresh_target", np.minimum(p, q) + (1 - np.minimum(p, q).sum()) * p)]:
-        decider = sp.Decider(temperature=1.0, seed=5, rule=rule)
+        decider = engine.Decider(temperature=1.0, seed=5, rule=rule)
         counts = np.zeros(4)
         for pos in range(draws):
             draft = decider.draft(pos, logq)
             counts[decider.decide(pos, logp, logq, draft)[0]] += 1
-        assert sp.goodness_of_fit(counts, law) > 1e-4, rule
+        assert engine.goodness_of_fit(counts, law) > 1e-4, rule
         if rule == "fresh_target":
-            assert sp.goodness_of_fit(counts, p) < 1e-6
+            assert engine.goodness_of_fit(counts, p) < 1e-6
 
 
 def test_drafts_follow_the_drafter_law():
     q = np.array([0.6, 0.25, 0.1, 0.05])
-    decider = sp.Decider(temperature=1.0, seed=2)
+    decider = engine.Decider(temperature=1.0, seed=2)
     counts = np.bincount([decider.draft(pos, np.log(q)) for pos in range(20_000)], minlength=4)
-    assert sp.goodness_of_fit(counts, q) > 1e-4
+    assert engine.goodness_of_fit(counts, q) > 1e-4
 
 
 def test_si_target_passes_equal_the_iterations_of_a_replayed_trace(models):
     target, drafter = models
     prompt = [4, 2]
-    out = sp.generate("si", target, drafter, prompt, 20, lookahead=3)
-    trace = sp.acceptance_trace(drafter, prompt, out.tokens)
+    out = engine.generate("si", target, drafter, prompt, 20, lookahead=3)
+    trace = engine.acceptance_trace(drafter, prompt, out.tokens)
     # with d = 0 and t = 1, SI's latency counts its verification passes
     assert sp.replay("si", trace, target_latency=1.0, drafter_latency=1e-12, lookahead=3) == pytest.approx(out.target_passes)
 
@@ -80,15 +82,15 @@ def test_si_target_passes_equal_the_iterations_of_a_replayed_trace(models):
 def test_acceptance_trace_counts_matching_greedy_drafts(models):
     _, drafter = models
     prompt = [3]
-    own = sp.generate("nonsi", drafter, drafter, prompt, 6).tokens  # the drafter's own greedy text
-    assert list(sp.acceptance_trace(drafter, prompt, own)) == [6, 5, 4, 3, 2, 1]
+    own = engine.generate("nonsi", drafter, drafter, prompt, 6).tokens  # the drafter's own greedy text
+    assert list(engine.acceptance_trace(drafter, prompt, own)) == [6, 5, 4, 3, 2, 1]
 
 
 def test_padded_dsi_is_faster_than_nonsi_and_preempts_stale_tasks(models):
     target, drafter = models
     slow = dict(target_delay=0.02, drafter_delay=0.002)
-    nonsi = sp.generate("nonsi", target, drafter, [1], 10, **slow)
-    dsi = sp.generate("dsi", target, drafter, [1], 10, lookahead=1, sp_degree=10, **slow)
+    nonsi = engine.generate("nonsi", target, drafter, [1], 10, **slow)
+    dsi = engine.generate("dsi", target, drafter, [1], 10, lookahead=1, sp_degree=10, **slow)
     assert dsi.tokens == nonsi.tokens
     assert dsi.seconds < nonsi.seconds
     assert nonsi.seconds >= 10 * 0.02
@@ -104,7 +106,7 @@ def test_engine_bad_input_names_the_argument(models, kwargs, name):
     call = dict(algorithm="dsi", prompt=[1], n_tokens=3)
     call.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        sp.generate(call.pop("algorithm"), target, drafter, call.pop("prompt"), call.pop("n_tokens"), **call)
+        engine.generate(call.pop("algorithm"), target, drafter, call.pop("prompt"), call.pop("n_tokens"), **call)
 
 
 def test_markov_source_rows_are_distributions_and_text_follows_them():
@@ -143,15 +145,15 @@ def test_training_lowers_the_loss():
 def test_control_prompt_picks_the_largest_divergence(models):
     target, drafter = models
     candidates = [[a, b] for a in range(VOCAB) for b in range(VOCAB)]
-    chosen = sp.control_prompt(target, drafter, candidates)
+    chosen = engine.control_prompt(target, drafter, candidates)
     assert chosen in candidates
 
 
 def test_sampled_counts_count_every_draw_and_do_not_depend_on_servers(models):
     target, drafter = models
-    one = sp.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=2, sp_degree=1, seed=3)
-    four = sp.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=1, sp_degree=4, seed=3)
+    one = engine.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=2, sp_degree=1, seed=3)
+    four = engine.sampled_counts(target, drafter, [1, 2], 3, 40, lookahead=1, sp_degree=4, seed=3)
     assert one.shape == (VOCAB,) * 3 and one.sum() == 40
     np.testing.assert_array_equal(one, four)  # decisions keyed by position: same seed, same output
     with pytest.raises(ValueError, match="draws"):
-        sp.sampled_counts(target, drafter, [1, 2], 3, 0)
+        engine.sampled_counts(target, drafter, [1, 2], 3, 0)

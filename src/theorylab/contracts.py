@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.func import grad, linearize, vjp
 
+from .validation import positive_number
+
 DTYPE = torch.float64
 SQRT_PI = math.sqrt(math.pi)
 PROFIT_RESOLUTION = 1e-12
@@ -133,13 +135,6 @@ def _gmres_solve(matvec: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tens
 # --------------------------------------------------------------------------------------------
 # Environments
 # --------------------------------------------------------------------------------------------
-
-def _positive(name: str, value: Any) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return value
-
 
 def _tensor(values: Any, device: Any = "cpu") -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=DTYPE, device=device)
@@ -288,8 +283,8 @@ class CaraNormal(ContractEnv):
 
     def __init__(self, r: float, c: float, sigma2: float, noise: np.ndarray | None = None,
                  device: Any = "cpu"):
-        self.r, self.c = _positive("r", r), _positive("c", c)
-        self.sigma2 = _positive("sigma2", sigma2)
+        self.r, self.c = positive_number("r", r), positive_number("c", c)
+        self.sigma2 = positive_number("sigma2", sigma2)
         self.device = device
         self.noise = None
         if noise is not None:
@@ -404,7 +399,7 @@ class MultiTaskCaraNormal(ContractEnv):
     constant_jacobian = True
 
     def __init__(self, r: float, C: Any, Sigma: Any, b: Any, device: Any = "cpu"):
-        self.r = _positive("r", r)
+        self.r = positive_number("r", r)
         self.device = device
         self.b_np = np.asarray(b, dtype=np.float64)
         if self.b_np.ndim != 1:
@@ -502,7 +497,7 @@ class CaraPoisson(ContractEnv):
     min_beta = 1e-6
 
     def __init__(self, r: float, c: float, device: Any = "cpu"):
-        self.r, self.c = _positive("r", r), _positive("c", c)
+        self.r, self.c = positive_number("r", r), positive_number("c", c)
         self.device = device
 
     def agent_utility(self, theta, a):
@@ -635,12 +630,12 @@ class CappedLogisticPay(ContractEnv):
 
     def __init__(self, r: float, c: float, sigma: float, cap: float = math.inf, *,
                  max_slope: float = 8.0, device: Any = "cpu"):
-        self.r, self.c, self.sigma = _positive("r", r), _positive("c", c), _positive("sigma", sigma)
+        self.r, self.c, self.sigma = positive_number("r", r), positive_number("c", c), positive_number("sigma", sigma)
         cap = float(cap)
         if not cap > 0:
             raise ValueError(f"cap must be positive (or math.inf), got {cap!r}")
         self.cap = cap
-        self.max_slope = _positive("max_slope", max_slope)
+        self.max_slope = positive_number("max_slope", max_slope)
         self.device = device
         # Trapezoid error ~ exp(-2 pi^2 / (gamma sigma h)): spacing h keeps it below e^-30 ~ 1e-13
         # for every admissible slope gamma * sigma <= max_slope.
@@ -705,7 +700,7 @@ class LinearRPE(ContractEnv):
 
     def __init__(self, r: float, c: float, sigma: float, sigma_common: float, n_agents: int = 2,
                  device: Any = "cpu"):
-        self.r, self.c, self.sigma = _positive("r", r), _positive("c", c), _positive("sigma", sigma)
+        self.r, self.c, self.sigma = positive_number("r", r), positive_number("c", c), positive_number("sigma", sigma)
         if not float(sigma_common) >= 0:
             raise ValueError(f"sigma_common must be non-negative, got {sigma_common!r}")
         if int(n_agents) != n_agents or n_agents < 2:
@@ -761,7 +756,7 @@ class Tournament(ContractEnv):
     def __init__(self, r: float, c: float, sigma: float, sigma_common: float = 0.0, *,
                  loadings: tuple[float, float] = (1.0, 1.0), shock_nodes: int = 64,
                  device: Any = "cpu"):
-        self.r, self.c, self.sigma = _positive("r", r), _positive("c", c), _positive("sigma", sigma)
+        self.r, self.c, self.sigma = positive_number("r", r), positive_number("c", c), positive_number("sigma", sigma)
         if not float(sigma_common) >= 0:
             raise ValueError(f"sigma_common must be non-negative, got {sigma_common!r}")
         loadings = tuple(float(v) for v in loadings)
@@ -1185,7 +1180,7 @@ def saa_bias_coefficient(r: float, c: float, sigma2: float) -> float:
     The first term is :math:`-\\mathbb E D/k`, the mean error of the premium's slope; the second is
     :math:`\\mathbb E[DD']/k^2`, the covariance of that error with the error of its curvature.
     """
-    r, c, sigma2 = _positive("r", r), _positive("c", c), _positive("sigma2", sigma2)
+    r, c, sigma2 = positive_number("r", r), positive_number("c", c), positive_number("sigma2", sigma2)
     beta = 1 / (1 + r * c * sigma2)
     k, t = 1 / c + r * sigma2, r * r * sigma2 * beta * beta
     return (r * sigma2 * beta * math.exp(t) / k

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import baselines
+from .validation import nonnegative_int
 
 PROFILES = ("ci", "full")
 RUN_DIR_ENV = "THEORYLAB_RUN_DIR"
@@ -284,9 +285,7 @@ def check_device(device: Any) -> str:
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: got {seed!r}, expected a non-negative integer")
-    return int(seed)
+    return nonnegative_int("seed", seed)
 
 
 def resolve(chapter_name: str, profile: str = "ci", device: str = "auto", seed: int = 0,

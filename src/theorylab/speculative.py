@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .validation import number_in, positive_int, positive_number
+
 ALGORITHMS = ("nonsi", "si", "dsi")
 PAPER_HANDICAPS = ("block_rule", "no_correction", "draw_cap", "restart_call", "lifo", "second_seed")
 """Rules of the paper's simulator that differ from the idealised model, in the order the chapter
@@ -44,19 +46,6 @@ PAPER_SERVER_BUDGET = 7
 # Validation
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: got {value!r}, expected a positive finite number")
-    return float(value)
-
-
-def _at_least_one(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: got {value!r}, expected an integer >= 1")
-    return int(value)
-
-
 def check_algorithm(algorithm: Any) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: got {algorithm!r}, expected one of {list(ALGORITHMS)}")
@@ -64,10 +53,7 @@ def check_algorithm(algorithm: Any) -> str:
 
 
 def check_acceptance_rate(acceptance_rate: Any) -> float:
-    if isinstance(acceptance_rate, bool) or not isinstance(acceptance_rate, (int, float, np.integer, np.floating)) \
-            or not 0 <= acceptance_rate <= 1:
-        raise ValueError(f"acceptance_rate: got {acceptance_rate!r}, expected a number in [0, 1]")
-    return float(acceptance_rate)
+    return number_in("acceptance_rate", acceptance_rate, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -84,9 +70,9 @@ class Setting:
     @classmethod
     def make(cls, *, target_latency: Any, drafter_latency: Any, acceptance_rate: Any, lookahead: Any,
              sp_degree: Any = None, nonsi_thread: bool = False) -> Setting:
-        return cls(t=_positive("target_latency", target_latency), d=_positive("drafter_latency", drafter_latency),
-                   a=check_acceptance_rate(acceptance_rate), L=_at_least_one("lookahead", lookahead),
-                   P=None if sp_degree is None else _at_least_one("sp_degree", sp_degree),
+        return cls(t=positive_number("target_latency", target_latency), d=positive_number("drafter_latency", drafter_latency),
+                   a=check_acceptance_rate(acceptance_rate), L=positive_int("lookahead", lookahead),
+                   P=None if sp_degree is None else positive_int("sp_degree", sp_degree),
                    nonsi_thread=bool(nonsi_thread))
 
 
@@ -96,8 +82,8 @@ class Setting:
 
 def servers_needed(target_latency: float, drafter_latency: float, lookahead: int) -> int:
     r"""S1: the number of target servers with which no task waits, :math:`\lceil t/(Ld)\rceil`."""
-    t, d = _positive("target_latency", target_latency), _positive("drafter_latency", drafter_latency)
-    return max(1, math.ceil(t / (_at_least_one("lookahead", lookahead) * d) - 1e-12))
+    t, d = positive_number("target_latency", target_latency), positive_number("drafter_latency", drafter_latency)
+    return max(1, math.ceil(t / (positive_int("lookahead", lookahead) * d) - 1e-12))
 
 
 def fifo_start(j: np.ndarray, s: Setting) -> np.ndarray:
@@ -163,7 +149,7 @@ def expected_latency(algorithm: str, *, target_latency: float, drafter_latency: 
     s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
                      acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree,
                      nonsi_thread=nonsi_thread)
-    n_tokens = _at_least_one("n_tokens", n_tokens)
+    n_tokens = positive_int("n_tokens", n_tokens)
     if algorithm == "nonsi":
         return n_tokens * s.t
     expected = np.zeros(n_tokens + 1)
@@ -237,7 +223,7 @@ def symbolic_identities(max_lookahead: int = 6) -> tuple[list[bool], list]:
 
     a, d, t = sympy.symbols("a d t", positive=True)
     checked = []
-    for L in range(1, _at_least_one("max_lookahead", max_lookahead) + 1):
+    for L in range(1, positive_int("max_lookahead", max_lookahead) + 1):
         def s(i):
             return sum(a**k for k in range(i))
         tokens = sum(a**j * (1 - a) * (j + 1) for j in range(L)) + a**L * (L + 1)
@@ -308,7 +294,7 @@ def simulate(algorithm: str, *, target_latency: float, drafter_latency: float, a
     s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
                      acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree,
                      nonsi_thread=nonsi_thread)
-    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    n_tokens, n_runs = positive_int("n_tokens", n_tokens), positive_int("n_runs", n_runs)
     rng = np.random.default_rng(seed)
 
     def draw(runs, positions, caps):
@@ -326,7 +312,7 @@ def worst_pathwise_ratio(*, n_settings: int, paths: int, n_tokens: int = 50, see
     non-SI thread; :math:`a\sim U(0,0.99)`, ``paths // n_settings`` paths per setting (Theorem 1)."""
     rng = np.random.default_rng(seed)
     worst = {"Ld <= t": 0.0, "Ld > t": 0.0, "Ld > t, non-SI thread": 0.0}
-    for k in range(_at_least_one("n_settings", n_settings)):
+    for k in range(positive_int("n_settings", n_settings)):
         a = rng.uniform(0, 0.99)
         for case in worst:
             if case == "Ld <= t":
@@ -432,7 +418,7 @@ def queue_starts(submissions: np.ndarray, service: float, servers: int, discipli
         raise ValueError(f"discipline: got {discipline!r}, expected 'fifo' or 'lifo'")
     submissions = np.asarray(submissions, dtype=float)
     starts = np.full(submissions.size, np.inf)
-    free = [0.0] * _at_least_one("servers", servers)
+    free = [0.0] * positive_int("servers", servers)
     waiting: list[int] = []
     next_task = 0
     while next_task < submissions.size or waiting:
@@ -511,13 +497,13 @@ def emulate_paper(algorithm: str, *, target_latency: float, drafter_latency: flo
         raise ValueError(f"handicaps: unknown {unknown}; expected some of {list(PAPER_HANDICAPS)}")
     rules = set(handicaps)
     if "second_seed" in rules:
-        second = _positive("second (target passes per wall-clock second)", second)
+        second = positive_number("second (target passes per wall-clock second)", second)
     for name, value in (("pipe_wait", pipe_wait), ("restart_cost", restart_cost)):
         if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
             raise ValueError(f"{name}: got {value!r}, expected a finite number >= 0")
     s = Setting.make(target_latency=target_latency, drafter_latency=drafter_latency,
                      acceptance_rate=acceptance_rate, lookahead=lookahead, sp_degree=sp_degree)
-    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    n_tokens, n_runs = positive_int("n_tokens", n_tokens), positive_int("n_runs", n_runs)
     rng = np.random.default_rng(seed)
     if algorithm == "nonsi":
         return np.full(n_runs, n_tokens * s.t)
@@ -617,7 +603,7 @@ def finite_heatmaps(c: np.ndarray, a: np.ndarray, *, n_tokens: int = 1000, n_run
     c, a = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(a, dtype=float))
     if (c <= 0).any() or (c > 1).any() or (a < 0).any() or (a >= 1).any():
         raise ValueError("finite_heatmaps: need 0 < c <= 1 and 0 <= a < 1")
-    n_tokens, n_runs = _at_least_one("n_tokens", n_tokens), _at_least_one("n_runs", n_runs)
+    n_tokens, n_runs = positive_int("n_tokens", n_tokens), positive_int("n_runs", n_runs)
     _, si_lookahead = best_si_rate(1.0, c, a, max_si_lookahead)
     rng = np.random.default_rng(seed)
     cells = np.repeat(np.arange(c.size), n_runs)
@@ -715,7 +701,7 @@ def table_speedup(row: PaperRow, *, n_tokens: int = 50, lookaheads: tuple[int, .
         si = {L: expected_latency("si", lookahead=L, **common) for L in lookaheads}
         dsi = {L: expected_latency("dsi", lookahead=L, sp_degree=sp_degree, **common) for L in dsi_lookaheads}
     else:
-        n_runs = _at_least_one("n_runs", n_runs)
+        n_runs = positive_int("n_runs", n_runs)
         runs = {}
         for algorithm, choices in (("si", lookaheads), ("dsi", dsi_lookaheads)):
             for L in choices:
@@ -838,11 +824,3 @@ def paper_table(*, n_runs: int, seed: int = 0, rows: tuple[PaperRow, ...] = PAPE
         restart_gaps[float(ms)] = float(np.mean(paper - np.array(speedups)))
     return PaperTable(rows, idealised, emulated, bands, [paper_lookaheads(row.c) for row in rows],
                       restart_gaps)
-
-
-# The concurrent engine lives in its own module; it is part of this chapter's interface.
-from .speculative_engine import (Decider, GenerationResult, Jittered, acceptance_trace,  # noqa: E402,F401
-                                 control_prompt, engine_overheads, generate, goodness_of_fit,
-                                 greedy_mismatches, mean_pass_times, predicted_orderings,
-                                 sampled_counts, server_sweep, timed_against_model, train_pair,
-                                 wall_clock_text)

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .speculative import Interval, _at_least_one, check_algorithm
+from .speculative import (Interval, check_algorithm, estimate_acceptance_rate, expected_latency, replay,
+                          servers_needed, simulate)
 from .tinylm import softmax
+from .validation import positive_int
 
 Scorer = Callable[[Sequence[int]], np.ndarray]
 RULES = ("residual", "fresh_target")
@@ -143,9 +145,9 @@ def generate(algorithm: str, target: Scorer | Sequence[Scorer], drafter: Scorer,
     non-SI and SI the first.
     """
     check_algorithm(algorithm)
-    n_tokens = _at_least_one("n_tokens", n_tokens)
-    lookahead = _at_least_one("lookahead", lookahead)
-    sp_degree = _at_least_one("sp_degree", sp_degree)
+    n_tokens = positive_int("n_tokens", n_tokens)
+    lookahead = positive_int("lookahead", lookahead)
+    sp_degree = positive_int("sp_degree", sp_degree)
     if len(prompt) == 0:
         raise ValueError("prompt: expected at least one token")
     for name, delay in (("target_delay", target_delay), ("drafter_delay", drafter_delay)):
@@ -420,7 +422,6 @@ def timed_against_model(targets, drafter: Scorer, prompt: Sequence[int], trace: 
     SI runs at the lookahead the i.i.d. model finds best at :math:`\hat a` (1..10); DSI at :math:`L=1`
     on :math:`\lceil 1/c\rceil` servers.
     """
-    from .speculative import expected_latency, estimate_acceptance_rate, replay, servers_needed, simulate
 
     a_hat = estimate_acceptance_rate(trace)
     si_lookahead = min(range(1, 11), key=lambda L: expected_latency(
@@ -518,7 +519,6 @@ def server_sweep(targets, drafter: Scorer, prompt: Sequence[int], trace: Sequenc
                  lookahead: int, c: float, target_seconds: float, n_tokens: int = 50) -> dict[int, tuple[float, float]]:
     """For each number of servers P: (measured seconds of one padded DSI run, its replay through the FIFO
     latency model with the run's measured mean pass times)."""
-    from .speculative import replay
 
     sweep = {}
     for P in servers:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .data import Split
+from .validation import positive_int
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -111,8 +112,8 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int | None, lr: float, wd
     sum of the last ``n`` updates of ``weight`` (:class:`UnrolledSum`), and stores the gradient of that
     weight at ``check_gradients`` evenly spaced steps of the window.
     """
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)):
-        raise ValueError(f"batch: got {batch!r}, expected a positive integer or None (full batch)")
+    if batch is not None:
+        batch = positive_int("batch", batch)  # None means full batch
     if min(batch or 1, steps) < 1 or lr <= 0 or wd < 0:
         raise ValueError(f"batch and steps must be positive, lr positive and wd non-negative; "
                          f"got batch={batch}, steps={steps}, lr={lr}, wd={wd}")

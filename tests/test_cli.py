@@ -162,3 +162,13 @@ def test_real_full_profile_run_with_small_overrides(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = _check_run_folder(tmp_path / f"{CHAPTER}-full", "full")
     assert metrics["params"]["n_starts"] == 2 and metrics["params"]["scaling_sizes"] == [1000, 2000]
+
+
+def test_notebooks_run_on_a_kernel_over_unix_sockets_without_the_tcp_warning(tmp_path, capfd):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("print(6 * 7)")]
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    cli.execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb", progress_bar=False, log_output=False)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err  # ipykernel's warning over TCP

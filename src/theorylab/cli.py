@@ -26,6 +26,25 @@ from typing import Any
 from . import baselines, runtime
 
 
+def execute(notebook: str | Path, output: str | Path, **kwargs: Any) -> Any:
+    """``papermill.execute_notebook`` with the kernel on Unix sockets in a private temporary folder.
+
+    Over the default TCP transport ipykernel warns on every start that the connection is unencrypted;
+    IPC sockets are reachable only through the file system, so the warning (and the exposure) go away."""
+    import tempfile
+
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    with tempfile.TemporaryDirectory(prefix="theorylab-kernel-") as sockets:
+        class IpcKernelManager(AsyncKernelManager):
+            def __init__(self, **options: Any) -> None:
+                super().__init__(transport="ipc", ip=os.path.join(sockets, "kernel"), **options)
+
+        return papermill.execute_notebook(str(notebook), str(output), kernel_name="python3",
+                                          kernel_manager_class=IpcKernelManager, **kwargs)
+
+
 class UsageError(Exception):
     """A bad command line: reported in one line, exit status 2."""
 
@@ -121,7 +140,6 @@ def command_run(args: argparse.Namespace) -> int:
             print(json.dumps({"chapter": spec.name, "output": str(out_dir), "parameters": resolved}, indent=2))
         return 0
 
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     root = book_root()
@@ -152,9 +170,8 @@ def command_run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         status, failed = "ok", ""
         try:
-            papermill.execute_notebook(str(root / spec.notebook), str(output), parameters=parameters,
-                                       cwd=str((root / spec.notebook).parent), progress_bar=True,
-                                       kernel_name="python3", log_output=False)
+            execute(root / spec.notebook, output, parameters=parameters,
+                    cwd=str((root / spec.notebook).parent), progress_bar=True, log_output=False)
         except PapermillExecutionError as error:
             status = "FAILED"
             failed = f"{_describe_cell(output, error.exec_count)}: {error.ename}: {error.evalue}"
@@ -207,8 +224,7 @@ def command_refresh(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         success = True
         try:
-            papermill.execute_notebook(str(notebook), str(notebook), cwd=str(notebook.parent),
-                                       progress_bar=True, kernel_name="python3", log_output=False)
+            execute(notebook, notebook, cwd=str(notebook.parent), progress_bar=True, log_output=False)
         except papermill.PapermillExecutionError as error:
             success = False
             print(f"{spec.name}: failed at cell {error.cell_index}: {error.ename}: {error.evalue}", file=sys.stderr)

@@ -185,8 +185,6 @@ def test_steps_for_epochs_hand_cases():
     assert steps_for_epochs(1, 1000, 0.001) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="float rounding: 1.1 * 50 evaluates to 55.00000000000001, so ceil gives 56 "
-                                       "steps instead of the 55 of 1.1 epochs of 50 samples at batch 1")
 def test_steps_for_epochs_decimal_epochs_are_not_rounded_up_by_float_error():
     assert steps_for_epochs(50, 1, 1.1) == 55
 
@@ -378,8 +376,6 @@ def test_train_sgd_rejects_bad_arguments_with_value_error(kwargs):
         train_sgd(model, tiny_split(), **arguments)
 
 
-@pytest.mark.xfail(strict=True, reason="batch=0 passes validation (`min(batch or 1, steps)` turns 0 into 1) and "
-                                       "trains on empty minibatches (NaN loss) instead of raising ValueError")
 def test_train_sgd_rejects_zero_batch_with_value_error():
     with pytest.raises(ValueError):
         train_sgd(seeded_linear(), tiny_split(), batch=0, lr=0.1, wd=0.0, steps=2)

@@ -72,6 +72,11 @@ def class_images(n_classes: int = 10, n_train: int = 5000, n_test: int = 1000, s
     return Split(*sample(n_train), *sample(n_test))
 
 
+def _log(p: float) -> float:
+    """:math:`\\log p`, with :math:`\\log 0=-\\infty` (a construction the grammar never produces)."""
+    return math.log(p) if p > 0 else -math.inf
+
+
 class Grammar:
     r"""A probabilistic grammar with number agreement and relative clauses (chapter
     ``decision-tree-language-models``), unambiguous, so sentence probabilities are exact:
@@ -136,10 +141,10 @@ class Grammar:
         log_p, determiner = 0.0, words[at]
         at += 1
         if at < len(words) and words[at] in self.ADJECTIVES:
-            log_p += math.log(self.p_adjective / 4)
+            log_p += _log(self.p_adjective / 4)
             at += 1
         else:
-            log_p += math.log(1 - self.p_adjective) if self.p_adjective < 1 else -math.inf
+            log_p += _log(1 - self.p_adjective)
         if at >= len(words):
             return None
         number = next((nu for nu in ("sg", "pl") if words[at] in self.NOUNS[nu]), None)
@@ -152,10 +157,10 @@ class Grammar:
                 inner = self._parse_noun_phrase(words, at + 1, False)
                 if inner is None or inner[1] >= len(words) or words[inner[1]] not in self.TRANSITIVE[inner[2]]:
                     return None
-                log_p += math.log(self.p_clause) + math.log(1 / 2) + inner[0] + math.log(1 / 3)
+                log_p += _log(self.p_clause) + math.log(1 / 2) + inner[0] + math.log(1 / 3)
                 at = inner[1] + 1
             else:
-                log_p += math.log(1 - self.p_clause) if self.p_clause < 1 else -math.inf
+                log_p += _log(1 - self.p_clause)
         return log_p, at, number
 
     def log_prob(self, sentence: Sequence[str]) -> float:

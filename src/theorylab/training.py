@@ -63,10 +63,13 @@ def pm_one_targets(labels: torch.Tensor, n_outputs: int) -> torch.Tensor:
 
 
 def steps_for_epochs(n_samples: int, batch: int, epochs: float) -> int:
-    r"""Steps of a fixed-epoch protocol: :math:`\lceil E\cdot N/B\rceil`."""
+    r"""Steps of a fixed-epoch protocol: :math:`\lceil E\cdot N/B\rceil`.
+
+    A product within 1e-9 of an integer is that integer: decimal epochs such as 1.1 are not exact in
+    binary, and ``1.1 * 50`` must give 55 steps, not 56."""
     if min(n_samples, batch) < 1 or epochs <= 0:
         raise ValueError(f"n_samples, batch and epochs must be positive, got {n_samples}, {batch}, {epochs}")
-    return math.ceil(epochs * n_samples / batch)
+    return math.ceil(epochs * n_samples / batch - 1e-9)
 
 
 @torch.no_grad()

@@ -457,3 +457,24 @@ def test_pah_refuses_a_fit_through_too_few_directions_and_reports_its_goodness()
     fit = al.pah_exponent(stats, "a", boots=5, min_points=8)  # isotropic H: slope near 0, poor fit
     assert abs(fit.slope) < 0.1 and fit.r2 < 0.9 and not fit.in_range()
     assert fit.residual_max >= fit.residual_rms > 0
+
+
+def test_enumerated_drift_is_the_t1_formula_and_refuses_huge_enumerations():
+    rng = np.random.default_rng(25)
+    stats = constructed_stats(rng.normal(size=(4, 3)), rng.normal(size=(4, 2)), rng.normal(size=(2, 3)))
+    brute = al.enumerated_drift(stats, 0.3, 0.1, batch=3)
+    formula = al.expected_drift_terms(stats, 0.3, 0.1, batch=3)
+    for side in "ab":
+        assert np.allclose(brute[side], formula[side].total, atol=1e-12)
+    with pytest.raises(ValueError, match="10,000"):
+        al.enumerated_drift(stats, 0.3, 0.1, batch=7)
+
+
+def test_worst_propagation_is_rounding_on_a_double_network_and_diagnostics_need_a_drift():
+    x, y = small_data(n=40)
+    model = small_model()
+    worst = al.worst_propagation(model, x, y, [0, 1, 2])
+    assert worst["representation"] < 1e-12 and worst["gradient"] < 1e-12 and worst["slope"] < 1e-9
+    run = al.AlignmentRun(model, 0, [], None)
+    with pytest.raises(ValueError, match="drift_from"):
+        al.drift_diagnostics(run, al.layer_statistics(model, x, y, 0))

@@ -575,3 +575,58 @@ def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, step
         realized = {"a": (last.T @ last - first.T @ first) / span, "b": (last @ last.T - first @ first.T) / span}
     history = [entry for entry in result.history if "alignments" in entry]
     return AlignmentRun(model.cpu(), index, history, mean_drift, realized)
+
+
+def enumerated_drift(stats: LayerStatistics, lr: float, wd: float, batch: int) -> dict[str, np.ndarray]:
+    r"""Brute force of T1: the mean of :math:`W'^\top W'-W^\top W` and :math:`W'W'^\top-WW^\top` over all
+    :math:`N^B` ordered batches (indices with replacement, each equally likely), with
+    :math:`W'=(1-\eta\gamma)W+\frac{\eta}B\sum_kg_{b,i_k}h_{a,i_k}^\top`. Exponential in ``batch``: for checks on a
+    few rows only (at most 10,000 batches)."""
+    import itertools
+
+    n = stats.h_a.shape[0]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or n ** batch > 10_000:
+        raise ValueError(f"batch: got {batch!r}; enumeration needs a positive batch with N^B <= 10,000 (N = {n})")
+    w = stats.weight
+    outer = np.einsum("ni,nj->nij", stats.g_b, stats.h_a)
+    total = {"a": np.zeros((w.shape[1], w.shape[1])), "b": np.zeros((w.shape[0], w.shape[0]))}
+    for rows in itertools.product(range(n), repeat=batch):
+        step = (1 - lr * wd) * w + lr * outer[list(rows)].mean(axis=0)
+        total["a"] += step.T @ step - w.T @ w
+        total["b"] += step @ step.T - w @ w.T
+    return {side: value / n ** batch for side, value in total.items()}
+
+
+def drift_diagnostics(run: AlignmentRun, final: LayerStatistics) -> dict[str, dict[str, float]]:
+    r"""The averaged T1 terms of a run (:attr:`AlignmentRun.mean_drift`) read against the run's final layer
+    ``final``, per side: each term's share (:meth:`DriftTerms.relative_sizes`), ``cross~Z``
+    :math:`\alpha(\overline{C+C^\top},Z)`, ``noise~H`` :math:`\alpha(\overline{\text{noise}},\mathbb E[hh^\top])`
+    (raw :math:`h_a` on side a, :math:`g_b` on side b; NaN without a noise term), ``total/decay``
+    :math:`\|\overline{\mathbb E\Delta Z}\|_F/\|\overline{\text{decay}}\|_F` and ``realized/decay``, the same
+    for the realized mean change per step. Averages of the terms are a heuristic: the quadratic terms of T1
+    at the average iterate are not the averages of the terms."""
+    if run.mean_drift is None or run.realized_drift is None:
+        raise ValueError("the run averaged no drift terms: train it with drift_from")
+    out = {}
+    for side, terms in run.mean_drift.items():
+        z = final.z_a if side == "a" else final.z_b
+        source = second_moment(final.h_a if side == "a" else final.g_b, "raw")
+        decay = np.linalg.norm(terms.decay)
+        out[side] = {**terms.relative_sizes(), "cross~Z": alignment(terms.cross, z),
+                     "noise~H": alignment(terms.noise, source) if terms.noise.any() else float("nan"),
+                     "total/decay": float(np.linalg.norm(terms.total) / decay),
+                     "realized/decay": float(np.linalg.norm(run.realized_drift[side]) / decay)}
+    return out
+
+
+def worst_propagation(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      layers: list[int]) -> dict[str, float]:
+    """The largest T2 residuals (``representation``, ``gradient``) and slope error ``|difference - 1|``
+    (``slope``) of :func:`propagation_residuals` over the given linear layers of one model."""
+    worst = {"representation": 0.0, "gradient": 0.0, "slope": 0.0}
+    for layer in layers:
+        residual = propagation_residuals(layer_statistics(model, inputs, targets, layer))
+        worst["representation"] = max(worst["representation"], residual.representation)
+        worst["gradient"] = max(worst["gradient"], residual.gradient)
+        worst["slope"] = max(worst["slope"], abs(residual.slope_difference - 1))
+    return worst

@@ -478,3 +478,11 @@ def test_worst_propagation_is_rounding_on_a_double_network_and_diagnostics_need_
     run = al.AlignmentRun(model, 0, [], None)
     with pytest.raises(ValueError, match="drift_from"):
         al.drift_diagnostics(run, al.layer_statistics(model, x, y, 0))
+
+
+def test_directions_above_counts_eigenvalues_over_the_floor():
+    rotation = al.haar_orthogonal(5, np.random.default_rng(26))
+    gram = rotation @ np.diag([1.0, 0.5, 2e-4, 5e-5, 0.0]) @ rotation.T
+    assert al.directions_above(gram) == 3 and al.directions_above(gram, 1e-3) == 2
+    with pytest.raises(ValueError, match="floor"):
+        al.directions_above(gram, 0.0)

@@ -630,3 +630,12 @@ def worst_propagation(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
         worst["gradient"] = max(worst["gradient"], residual.gradient)
         worst["slope"] = max(worst["slope"], abs(residual.slope_difference - 1))
     return worst
+
+
+def directions_above(gram: np.ndarray, floor: float = 1e-4) -> int:
+    r"""How many eigenvalues of the symmetric ``gram`` satisfy :math:`\lambda_i\ge` ``floor`` :math:`\lambda_1`
+    (float64 ``eigh``): the eigen-directions a PAH fit (:func:`pah_exponent`) can use at most."""
+    lam, _ = _eigenbasis(np.asarray(gram, dtype=np.float64))
+    if not 0 < floor < 1 or lam[0] <= 0:
+        raise ValueError(f"floor must lie in (0, 1) and the Gram have a positive eigenvalue; got {floor}, {lam[0]}")
+    return int(np.sum(lam >= floor * lam[0]))

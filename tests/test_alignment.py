@@ -250,11 +250,12 @@ def test_pah_exponent_recovers_a_planted_power_law_inside_its_interval():
     root = vectors @ np.diag(lam ** 1.0) @ vectors.T  # H_a = Z_a^2 (covariance of h_a = root^2)
     h_a = rng.normal(size=(20_000, 8)) @ root
     stats = constructed_stats(h_a, rng.normal(size=(20_000, 8)), weight)
-    fit = al.pah_exponent(stats, "a", boots=50, seed=0)
+    fit = al.pah_exponent(stats, "a", boots=50, seed=0, min_points=8)
     assert fit.low <= 2.0 <= fit.high and fit.high - fit.low < 0.1
-    output = al.pah_exponent(stats, "b", boots=50, seed=0)  # T2: H_b = Z_b^3
+    assert fit.r2 > 0.999 and fit.off_diagonal < 0.05 and fit.in_range()
+    output = al.pah_exponent(stats, "b", boots=50, seed=0, min_points=8)  # T2: H_b = Z_b^3
     assert output.low <= 3.0 <= output.high
-    assert al.pah_exponent(stats, "a", boots=50, seed=0) == fit  # same seed, same interval
+    assert al.pah_exponent(stats, "a", boots=50, seed=0, min_points=8) == fit  # same seed, same interval
     with pytest.raises(ValueError, match="side"):
         al.pah_exponent(stats, "c")
     with pytest.raises(ValueError, match="matrix"):
@@ -355,7 +356,7 @@ def test_sequence_models_give_one_row_per_position():
     assert np.array_equal(stats.sample_rows(np.array([2, 0])), np.r_[16:24, 0:8])
     with pytest.raises(ValueError, match="one row per sample"):
         al.expected_drift_terms(stats, 0.1, 0.0, 2)
-    fit = al.pah_exponent(stats, "a", boots=20)
+    fit = al.pah_exponent(stats, "a", boots=20, min_points=4)
     assert fit.low <= fit.slope <= fit.high
     attention_output = model.blocks.layers[0].self_attn.out_proj  # used through its weight, never called
     with pytest.raises(ValueError, match="ran 0 times"):
@@ -384,3 +385,104 @@ def test_realized_drift_is_the_mean_change_of_the_grams_and_a_given_model_trains
     with pytest.raises(ValueError, match="exactly one"):
         al.run_alignment(split, widths=[64, 10], model=model, lr=0.1, wd=0.0, batch=8, steps=10, layer=0,
                          log_every=5)
+
+
+def balanced_stats(rng, n=5, d_a=3, d_b=2, wd=0.2):
+    """A layer whose full gradient balances the decay exactly, M = wd W: g_b = n wd h_a (h_a^T h_a)^-1 W^T."""
+    weight, h_a = rng.normal(size=(d_b, d_a)), rng.normal(size=(n, d_a))
+    g_b = n * wd * h_a @ np.linalg.inv(h_a.T @ h_a) @ weight.T
+    return constructed_stats(h_a, g_b, weight)
+
+
+def test_at_balance_the_expected_drift_of_every_batch_is_noise_minus_decay_squared():
+    rng, wd, lr = np.random.default_rng(21), 0.2, 0.3
+    stats = balanced_stats(rng, wd=wd)
+    w, h_a, g_b = stats.weight, stats.h_a, stats.g_b
+    assert np.allclose(g_b.T @ h_a / 5, wd * w)
+    enumerated = {"a": np.zeros((3, 3)), "b": np.zeros((2, 2))}
+    for rows in itertools.product(range(5), repeat=2):  # every ordered batch of B = 2, by brute force
+        step = (1 - lr * wd) * w + lr * np.mean([np.outer(g_b[i], h_a[i]) for i in rows], axis=0)
+        enumerated["a"] += (step.T @ step - w.T @ w) / 25
+        enumerated["b"] += (step @ step.T - w @ w.T) / 25
+    noise = {"a": np.mean([np.sum(g ** 2) * np.outer(h, h) for h, g in zip(h_a, g_b, strict=True)], axis=0),
+             "b": np.mean([np.sum(h ** 2) * np.outer(g, g) for h, g in zip(h_a, g_b, strict=True)], axis=0)}
+    for side, z in (("a", stats.z_a), ("b", stats.z_b)):
+        assert np.allclose(enumerated[side], lr ** 2 / 2 * (noise[side] - wd ** 2 * z), atol=1e-12)
+    checks = al.stationary_prediction(stats, wd)
+    for side, z in (("a", stats.z_a), ("b", stats.z_b)):
+        predicted = noise[side] / wd ** 2
+        assert checks[side].balance < 1e-12
+        assert np.isclose(checks[side].scale, np.trace(predicted) / np.trace(z))
+        assert np.isclose(checks[side].alignment, np.corrcoef(z.ravel(), predicted.ravel())[0, 1])
+    with pytest.raises(ValueError, match="positive weight decay"):
+        al.stationary_prediction(stats, 0.0)
+
+
+def test_stationary_prediction_is_exact_for_a_layer_at_its_predicted_weights():
+    rng, wd = np.random.default_rng(22), 0.5
+    h_a = rng.normal(size=(400, 3))
+    weight = np.diag([1.0, 0.5, 0.2])
+    g_b = 400 * wd * h_a @ np.linalg.inv(h_a.T @ h_a) @ weight.T  # balance; then rescale rows to hit Z = P
+    stats = constructed_stats(h_a, g_b, weight)
+    check = al.stationary_prediction(stats, wd)["a"]
+    assert check.balance < 1e-12 and -1 <= check.alignment <= 1 and check.scale > 0
+    unbalanced = constructed_stats(h_a, 2 * g_b, weight)
+    assert np.isclose(al.stationary_prediction(unbalanced, wd)["a"].balance, 1.0)
+
+
+def test_off_diagonal_mass_is_zero_for_a_power_and_the_off_diagonal_share_otherwise():
+    rng = np.random.default_rng(23)
+    w = rng.normal(size=(5, 5))
+    z = w.T @ w
+    lam, vectors = np.linalg.eigh(z)
+    assert al.off_diagonal_mass(np.linalg.matrix_power(z, 3), z) < 1e-10
+    inner = np.diag(lam[::-1] ** 2)
+    inner[0, 1] = inner[1, 0] = 0.5 * lam[-1] ** 2  # same diagonal, one symmetric off-diagonal pair
+    moment = vectors[:, ::-1] @ inner @ vectors[:, ::-1].T
+    expected = np.sqrt(2) * 0.5 * lam[-1] ** 2 / np.linalg.norm(inner)
+    assert np.isclose(al.off_diagonal_mass(moment, z), expected)
+    assert al.off_diagonal_mass(moment, z, keep=np.array([False, False, True, True, True])) < 1e-10
+    with pytest.raises(ValueError, match="square matrices"):
+        al.off_diagonal_mass(moment, z[:4, :4])
+
+
+def test_pah_refuses_a_fit_through_too_few_directions_and_reports_its_goodness():
+    rng = np.random.default_rng(24)
+    weight = rng.normal(size=(8, 8)) @ np.diag(np.geomspace(1.0, 0.05, 8))
+    stats = constructed_stats(rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), weight)
+    with pytest.raises(ValueError, match="only 8 eigen-directions"):
+        al.pah_exponent(stats, "a", boots=5)  # the default asks for 10
+    with pytest.raises(ValueError, match="min_points"):
+        al.pah_exponent(stats, "a", boots=5, min_points=1)
+    fit = al.pah_exponent(stats, "a", boots=5, min_points=8)  # isotropic H: slope near 0, poor fit
+    assert abs(fit.slope) < 0.1 and fit.r2 < 0.9 and not fit.in_range()
+    assert fit.residual_max >= fit.residual_rms > 0
+
+
+def test_enumerated_drift_is_the_t1_formula_and_refuses_huge_enumerations():
+    rng = np.random.default_rng(25)
+    stats = constructed_stats(rng.normal(size=(4, 3)), rng.normal(size=(4, 2)), rng.normal(size=(2, 3)))
+    brute = al.enumerated_drift(stats, 0.3, 0.1, batch=3)
+    formula = al.expected_drift_terms(stats, 0.3, 0.1, batch=3)
+    for side in "ab":
+        assert np.allclose(brute[side], formula[side].total, atol=1e-12)
+    with pytest.raises(ValueError, match="10,000"):
+        al.enumerated_drift(stats, 0.3, 0.1, batch=7)
+
+
+def test_worst_propagation_is_rounding_on_a_double_network_and_diagnostics_need_a_drift():
+    x, y = small_data(n=40)
+    model = small_model()
+    worst = al.worst_propagation(model, x, y, [0, 1, 2])
+    assert worst["representation"] < 1e-12 and worst["gradient"] < 1e-12 and worst["slope"] < 1e-9
+    run = al.AlignmentRun(model, 0, [], None)
+    with pytest.raises(ValueError, match="drift_from"):
+        al.drift_diagnostics(run, al.layer_statistics(model, x, y, 0))
+
+
+def test_directions_above_counts_eigenvalues_over_the_floor():
+    rotation = al.haar_orthogonal(5, np.random.default_rng(26))
+    gram = rotation @ np.diag([1.0, 0.5, 2e-4, 5e-5, 0.0]) @ rotation.T
+    assert al.directions_above(gram) == 3 and al.directions_above(gram, 1e-3) == 2
+    with pytest.raises(ValueError, match="floor"):
+        al.directions_above(gram, 0.0)

@@ -278,6 +278,46 @@ def expected_drift_terms(stats: LayerStatistics, lr: float, wd: float, batch: in
             "b": DriftTerms(decay_rate * stats.z_b, cross_rate * (c_b + c_b.T), noise_b, lr ** 2 * drift_share * m @ m.T)}
 
 
+@dataclass(frozen=True)
+class StationaryCheck:
+    r"""The prediction of the stationarity identity on one side (see :func:`stationary_prediction`):
+    ``balance`` :math:`\|M-\gamma W\|_F/\|\gamma W\|_F` (0 where the gradient balances the decay);
+    ``alignment`` :math:`\alpha(Z,P)` and ``scale`` :math:`\mathrm{tr}P/\mathrm{tr}Z` for the predicted
+    :math:`P` (both 1 where the prediction holds exactly); ``raw_alignment`` :math:`\alpha(Z,\mathbb E[hh^\top])`,
+    what the prediction becomes when :math:`\|g_b\|^2` (resp. :math:`\|h_a\|^2`) is uncorrelated with
+    :math:`hh^\top`."""
+
+    balance: float
+    alignment: float
+    scale: float
+    raw_alignment: float
+
+
+def stationary_prediction(stats: LayerStatistics, wd: float) -> dict[str, StationaryCheck]:
+    r"""Test, on raw moments, what T1 predicts where the full gradient balances the decay, :math:`M=\gamma W`.
+
+    There :math:`C_a=W^\top M=\gamma Z_a`, :math:`M^\top M=\gamma^2Z_a`, and T1 reduces exactly to
+    :math:`\mathbb E[\Delta Z_a]=\frac{\eta^2}B\big(\mathbb E[\|g_b\|^2h_ah_a^\top]-\gamma^2Z_a\big)`, so
+    stationarity needs :math:`Z_a=P_a=\gamma^{-2}\mathbb E[\|g_b\|^2h_ah_a^\top]`; likewise
+    :math:`Z_b=P_b=\gamma^{-2}\mathbb E[\|h_a\|^2g_bg_b^\top]`. Returns ``{"a": StationaryCheck, "b": ...}``."""
+    if isinstance(wd, bool) or not wd > 0:
+        raise ValueError(f"wd: got {wd!r}, expected a positive weight decay (the prediction divides by it)")
+    if stats.rows_per_sample != 1:
+        raise ValueError("the stationarity prediction needs one row per sample")
+    n = stats.h_a.shape[0]
+    w, h_a, g_b = stats.weight, stats.h_a, stats.g_b
+    m = g_b.T @ h_a / n
+    balance = float(np.linalg.norm(m - wd * w) / np.linalg.norm(wd * w))
+    predicted = {"a": (h_a * (g_b ** 2).sum(axis=1, keepdims=True)).T @ h_a / n / wd ** 2,
+                 "b": (g_b * (h_a ** 2).sum(axis=1, keepdims=True)).T @ g_b / n / wd ** 2}
+    out = {}
+    for side, z, rows in (("a", stats.z_a, h_a), ("b", stats.z_b, g_b)):
+        p = predicted[side]
+        out[side] = StationaryCheck(balance, alignment(z, p), float(np.trace(p) / np.trace(z)),
+                                    alignment(z, second_moment(rows, "raw")))
+    return out
+
+
 def _check_side(side: str) -> None:
     if side not in ("a", "b"):
         raise ValueError(f"side: got {side!r}, expected 'a' (layer input) or 'b' (layer output)")
@@ -345,31 +385,68 @@ def eigen_profile(moment: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """Least-squares slope and intercept of ``log q`` on ``log λ``, its 95% bootstrap interval, the points used."""
+    r"""Least-squares slope and intercept of ``log q`` on ``log λ``, its 95% bootstrap interval and the points
+    used; its goodness of fit: ``r2`` (:math:`1-\sum_ir_i^2/\sum_i(y_i-\bar y)^2` with :math:`y_i=\log q_i`),
+    ``residual_rms`` and ``residual_max`` (root-mean-square and largest :math:`|r_i|`, natural-log units); and
+    ``off_diagonal``, :func:`off_diagonal_mass` of the moment in the eigenbasis of :math:`Z` over the same
+    directions: 0 for an exact power law, which the diagonal fit alone cannot tell from a matrix that merely
+    has that diagonal."""
 
     slope: float
     intercept: float
     low: float
     high: float
     points: int
+    r2: float = float("nan")
+    residual_rms: float = float("nan")
+    residual_max: float = float("nan")
+    off_diagonal: float = float("nan")
+
+    def in_range(self, low: float = 1 / 3, high: float = 3.0) -> bool:
+        """Whether the slope lies in ``[low, high]`` (by default the paper's range of positive exponents)."""
+        return low <= self.slope <= high
 
 
-def _fit(lam: np.ndarray, forms: np.ndarray, floor: float) -> tuple[float, float, np.ndarray]:
+def off_diagonal_mass(moment: np.ndarray, gram: np.ndarray, keep: np.ndarray | None = None) -> float:
+    r"""The share of the Frobenius norm of :math:`X'=V^\top XV` off its diagonal, :math:`\|X'-\mathrm{diag}X'\|_F/
+    \|X'\|_F`, with :math:`V` the eigenvectors of the symmetric ``gram`` (decreasing eigenvalues) restricted to
+    the boolean mask ``keep`` (all by default). It is 0 when :math:`X` is a function of :math:`Z` (such as
+    :math:`cZ^p`) and up to 1 when :math:`X` has the same diagonal but other eigenvectors."""
+    moment, gram = np.asarray(moment, dtype=np.float64), np.asarray(gram, dtype=np.float64)
+    if moment.shape != gram.shape or moment.ndim != 2 or moment.shape[0] != moment.shape[1]:
+        raise ValueError(f"off_diagonal_mass needs two square matrices of one shape; got {moment.shape} and "
+                         f"{gram.shape}")
+    _, vectors = _eigenbasis(gram)
+    if keep is not None:
+        vectors = vectors[:, np.asarray(keep, dtype=bool)]
+    rotated = vectors.T @ moment @ vectors
+    total = np.linalg.norm(rotated)
+    if total == 0:
+        raise ValueError("off_diagonal_mass of a matrix that vanishes on the kept directions is undefined")
+    return float(np.linalg.norm(rotated - np.diag(np.diag(rotated))) / total)
+
+
+def _fit(lam: np.ndarray, forms: np.ndarray, floor: float, min_points: int = 2) -> tuple[float, float, np.ndarray]:
     keep = (lam > 0) & (lam >= floor * lam[0]) & (forms > 0)
-    if keep.sum() < 2:
-        raise ValueError("fewer than two eigen-directions above the floor: no slope to fit")
+    if keep.sum() < min_points:
+        raise ValueError(f"only {int(keep.sum())} eigen-directions above the floor {floor:g} with a positive "
+                         f"quadratic form; a power-law fit needs at least {min_points}")
     slope, intercept = np.polyfit(np.log(lam[keep]), np.log(forms[keep]), 1)
     return float(slope), float(intercept), keep
 
 
 def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: float = 1e-4, boots: int = 200,
-                 seed: int = 0, mode: str = "centred") -> PowerLawFit:
+                 seed: int = 0, mode: str = "centred", min_points: int = 10) -> PowerLawFit:
     r"""D4: the exponent :math:`\hat p` of :math:`X\approx cZ^p` (``matrix`` ``H`` or ``G`` on ``side`` a or b):
     the least-squares slope of :math:`\log(v_i^\top Xv_i)` on :math:`\log\lambda_i(Z)` over the eigenpairs with
     :math:`\lambda_i/\lambda_1\ge` ``floor`` (and a positive quadratic form), and the 2.5/97.5% percentiles of
     the slope over ``boots`` resamples of the samples (all positions of a resampled sequence come along;
-    :math:`Z` is fixed by the weights)."""
+    :math:`Z` is fixed by the weights), with the goodness of fit of :class:`PowerLawFit`. Fewer than
+    ``min_points`` eigen-directions above the floor is an error: a slope through a few clustered points says
+    little about a power law."""
     _check_side(side)
+    if isinstance(min_points, bool) or not isinstance(min_points, int) or min_points < 2:
+        raise ValueError(f"min_points: got {min_points!r}, expected an integer >= 2")
     if matrix not in ("H", "G"):
         raise ValueError(f"matrix: got {matrix!r}, expected 'H' (representations) or 'G' (gradients)")
     if not 0 < floor < 1 or isinstance(boots, bool) or not isinstance(boots, int) or boots < 2:
@@ -390,7 +467,12 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
             centred = sample - sample.mean(axis=0) if mode == "centred" else sample
             return np.mean(centred ** 2, axis=0)
 
-    slope, intercept, keep = _fit(lam, forms(source), floor)
+    values = forms(source)
+    slope, intercept, keep = _fit(lam, values, floor, min_points)
+    x, y = np.log(lam[keep]), np.log(values[keep])
+    residuals = y - (slope * x + intercept)
+    r2 = 1 - float(np.sum(residuals ** 2) / np.sum((y - y.mean()) ** 2))
+    off = off_diagonal_mass(second_moment(rows, mode), stats.z_a if side == "a" else stats.z_b, keep)
     rng = np.random.default_rng(seed)
     n = stats.n_samples
     slopes = np.empty(boots)
@@ -399,7 +481,8 @@ def pah_exponent(stats: LayerStatistics, side: str, matrix: str = "H", floor: fl
         use = keep & (values > 0)
         slopes[k] = np.polyfit(np.log(lam[use]), np.log(values[use]), 1)[0]
     low, high = np.percentile(slopes, [2.5, 97.5])
-    return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()))
+    return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()), r2,
+                       float(np.sqrt(np.mean(residuals ** 2))), float(np.max(np.abs(residuals))), off)
 
 
 @dataclass
@@ -492,3 +575,67 @@ def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, step
         realized = {"a": (last.T @ last - first.T @ first) / span, "b": (last @ last.T - first @ first.T) / span}
     history = [entry for entry in result.history if "alignments" in entry]
     return AlignmentRun(model.cpu(), index, history, mean_drift, realized)
+
+
+def enumerated_drift(stats: LayerStatistics, lr: float, wd: float, batch: int) -> dict[str, np.ndarray]:
+    r"""Brute force of T1: the mean of :math:`W'^\top W'-W^\top W` and :math:`W'W'^\top-WW^\top` over all
+    :math:`N^B` ordered batches (indices with replacement, each equally likely), with
+    :math:`W'=(1-\eta\gamma)W+\frac{\eta}B\sum_kg_{b,i_k}h_{a,i_k}^\top`. Exponential in ``batch``: for checks on a
+    few rows only (at most 10,000 batches)."""
+    import itertools
+
+    n = stats.h_a.shape[0]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or n ** batch > 10_000:
+        raise ValueError(f"batch: got {batch!r}; enumeration needs a positive batch with N^B <= 10,000 (N = {n})")
+    w = stats.weight
+    outer = np.einsum("ni,nj->nij", stats.g_b, stats.h_a)
+    total = {"a": np.zeros((w.shape[1], w.shape[1])), "b": np.zeros((w.shape[0], w.shape[0]))}
+    for rows in itertools.product(range(n), repeat=batch):
+        step = (1 - lr * wd) * w + lr * outer[list(rows)].mean(axis=0)
+        total["a"] += step.T @ step - w.T @ w
+        total["b"] += step @ step.T - w @ w.T
+    return {side: value / n ** batch for side, value in total.items()}
+
+
+def drift_diagnostics(run: AlignmentRun, final: LayerStatistics) -> dict[str, dict[str, float]]:
+    r"""The averaged T1 terms of a run (:attr:`AlignmentRun.mean_drift`) read against the run's final layer
+    ``final``, per side: each term's share (:meth:`DriftTerms.relative_sizes`), ``cross~Z``
+    :math:`\alpha(\overline{C+C^\top},Z)`, ``noise~H`` :math:`\alpha(\overline{\text{noise}},\mathbb E[hh^\top])`
+    (raw :math:`h_a` on side a, :math:`g_b` on side b; NaN without a noise term), ``total/decay``
+    :math:`\|\overline{\mathbb E\Delta Z}\|_F/\|\overline{\text{decay}}\|_F` and ``realized/decay``, the same
+    for the realized mean change per step. Averages of the terms are a heuristic: the quadratic terms of T1
+    at the average iterate are not the averages of the terms."""
+    if run.mean_drift is None or run.realized_drift is None:
+        raise ValueError("the run averaged no drift terms: train it with drift_from")
+    out = {}
+    for side, terms in run.mean_drift.items():
+        z = final.z_a if side == "a" else final.z_b
+        source = second_moment(final.h_a if side == "a" else final.g_b, "raw")
+        decay = np.linalg.norm(terms.decay)
+        out[side] = {**terms.relative_sizes(), "cross~Z": alignment(terms.cross, z),
+                     "noise~H": alignment(terms.noise, source) if terms.noise.any() else float("nan"),
+                     "total/decay": float(np.linalg.norm(terms.total) / decay),
+                     "realized/decay": float(np.linalg.norm(run.realized_drift[side]) / decay)}
+    return out
+
+
+def worst_propagation(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      layers: list[int]) -> dict[str, float]:
+    """The largest T2 residuals (``representation``, ``gradient``) and slope error ``|difference - 1|``
+    (``slope``) of :func:`propagation_residuals` over the given linear layers of one model."""
+    worst = {"representation": 0.0, "gradient": 0.0, "slope": 0.0}
+    for layer in layers:
+        residual = propagation_residuals(layer_statistics(model, inputs, targets, layer))
+        worst["representation"] = max(worst["representation"], residual.representation)
+        worst["gradient"] = max(worst["gradient"], residual.gradient)
+        worst["slope"] = max(worst["slope"], abs(residual.slope_difference - 1))
+    return worst
+
+
+def directions_above(gram: np.ndarray, floor: float = 1e-4) -> int:
+    r"""How many eigenvalues of the symmetric ``gram`` satisfy :math:`\lambda_i\ge` ``floor`` :math:`\lambda_1`
+    (float64 ``eigh``): the eigen-directions a PAH fit (:func:`pah_exponent`) can use at most."""
+    lam, _ = _eigenbasis(np.asarray(gram, dtype=np.float64))
+    if not 0 < floor < 1 or lam[0] <= 0:
+        raise ValueError(f"floor must lie in (0, 1) and the Gram have a positive eigenvalue; got {floor}, {lam[0]}")
+    return int(np.sum(lam >= floor * lam[0]))

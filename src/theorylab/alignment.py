@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .data import Split
+from .validation import positive_int
 
 MODES = ("raw", "centred", "normalised")
 RELATIONS = ("a-RGA", "a-RWA", "a-GWA", "b-RGA", "b-RWA", "b-GWA")
@@ -207,8 +208,7 @@ def null_alignments(stats: LayerStatistics, kind: str, draws: int = 20, seed: in
     """
     if kind not in NULL_KINDS:
         raise ValueError(f"kind: got {kind!r}, expected one of {list(NULL_KINDS)}")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws: got {draws!r}, expected a positive integer")
+    draws = positive_int("draws", draws)
     rng = np.random.default_rng(seed)
     pairs = _pairs(crh_matrices(stats, mode))
     out = {relation: np.empty(draws) for relation in RELATIONS}
@@ -256,8 +256,8 @@ def expected_drift_terms(stats: LayerStatistics, lr: float, wd: float, batch: in
     Returns ``{"a": DriftTerms, "b": DriftTerms}``; expectations are means over the rows."""
     if lr <= 0 or wd < 0:
         raise ValueError(f"lr must be positive and wd non-negative; got lr={lr}, wd={wd}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch: got {batch!r}, expected a positive integer or None (full batch)")
+    if batch is not None:
+        batch = positive_int("batch", batch)  # None means full batch
     if stats.rows_per_sample != 1:
         raise ValueError("T1 needs one row per sample: a sequence sample's weight gradient sums over its "
                          f"{stats.rows_per_sample} positions, so its per-sample terms are not per-row terms")
@@ -527,9 +527,7 @@ def run_alignment(split: Split, *, lr: float, wd: float, batch: int | None, step
     from . import training
 
     drift_every = log_every if drift_every is None else drift_every
-    for name, value in (("log_every", log_every), ("drift_every", drift_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: got {value!r}, expected a positive integer")
+    log_every, drift_every = positive_int("log_every", log_every), positive_int("drift_every", drift_every)
     if log_every % drift_every:
         raise ValueError(f"drift_every ({drift_every}) must divide log_every ({log_every})")
     if (model is None) == (widths is None):

@@ -330,7 +330,7 @@ def certificate_experiment(split, *, widths: Sequence[int], batch: int, lr: floa
     middle = training.weight_matrices(model)[1]
     result = training.train_sgd(model, split, batch=batch, lr=lr, wd=wd, steps=steps, seed=seed, unroll=(middle, window),
                                 check_gradients=check_gradients, record_every=1,
-                                record=lambda m: {"norm": float(middle.detach().double().norm())})
+                                record=lambda m: {"norm": float(middle.detach().norm())})
     tracker = result.unrolled
     found = certificate(tracker.start, middle, tracker.total, decay_factor(tracker.lrs, wd), window, rank_per_step=batch)
     norms = [result.history[steps - n]["norm"] for n in range(scan + 1)]

@@ -133,8 +133,9 @@ CHAPTERS: dict[str, ChapterSpec] = {
                                minimum=0),
         },
         ci_seconds=60,
-        full_minutes=120,
-        full_note="4x longer runs, 3 seeds, a 5x5 (batch, rate) grid per weight decay under both protocols",
+        full_minutes=240,
+        full_note="6.7x longer runs, 5 seeds per setting, a 5x5 (batch, rate) grid per weight decay under both "
+                  "protocols (estimated, not run)",
     ),
     "speculative-inference": ChapterSpec(
         name="speculative-inference",

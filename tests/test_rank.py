@@ -237,3 +237,16 @@ def test_batch_rate_grid_entries_are_the_seed_means_of_the_runs():
 def test_bad_input_to_the_sweep_helpers_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_seed_tables_hide_every_measured_number_from_the_text_comparison():
+    """Oracle: the nbval sanitizer's own regex (tests/nbval_sanitize.cfg) leaves no digit of a mean or a
+    standard deviation in a printed seed table."""
+    import re
+    from pathlib import Path
+
+    config = (Path(__file__).parent / "nbval_sanitize.cfg").read_text()
+    pattern = re.search(r"\[measured numbers\]\nregex: (.*)\n", config).group(1)
+    rows = [{"rank": 12.34}, {"rank": 15.5}, {"rank": 9.0}]
+    text = rank.seed_table({"wd=x": rows}, ("rank",), ".2f")
+    assert re.sub(pattern, "~MEASURED", text) == "wd=x  rank~MEASURED ±~MEASURED"  # the regex eats the padding

@@ -148,7 +148,7 @@ def test_stacked_mlps_match_training_each_network_alone():
         for alone, together in zip(training.weight_matrices(model), stacked.weights, strict=True):
             np.testing.assert_allclose(alone.detach().numpy(), together[k].numpy(), atol=1e-5)
         assert stacked.records[40][k]["test accuracy"] == training.accuracy(model, split.x_test, split.y_test)
-        assert stacked.records[40][k]["norm"] == pytest.approx(float(training.weight_matrices(model)[1].norm()))
+        assert stacked.records[40][k]["norm"] == pytest.approx(float(training.weight_matrices(model)[1].detach().norm()))
 
 
 def test_spectrum_measures_agree_with_the_single_measures():

@@ -547,34 +547,41 @@ def tracking(sweep: dict, sample_sizes: Sequence[int]) -> dict[str, list]:
             "train_error_largest_n": get(last, "train error")}
 
 
-def depth_summary(depth_runs: dict[int, list[dict]], noise: float) -> dict[int, dict]:
-    r"""Per total depth: clean and noisy effective depths seed by seed (``None`` counted as depth + 1), the
-    first term of the comparative bound (:func:`comparative_first_term`), its estimate ``first term + noise``
-    (slack dropped), the clean networks' test errors and the last-layer CDNV of every run."""
+def depth_summary(depth_runs: dict[int, list[dict]], noises: Sequence[float]) -> dict[int, dict]:
+    r"""Per total depth: the clean runs' effective depths (``None`` counted as depth + 1), test errors and
+    last-layer CDNV seed by seed; for every noise level :math:`p` the noisy runs' effective depths, the first term
+    of the comparative bound (:func:`comparative_first_term`), its estimate ``first term + p`` (slack dropped)
+    and their last-layer CDNV; and, seed by seed, whether the last-layer CDNV rises with :math:`p`."""
     out = {}
     for layers, rows in depth_runs.items():
-        clean = sorted((r for r in rows if r["noise"] == 0), key=lambda r: r["seed"])
-        noisy = sorted((r for r in rows if r["noise"] == noise), key=lambda r: r["seed"])
+        by_noise = {p: sorted((r for r in rows if r["noise"] == p), key=lambda r: r["seed"]) for p in (0.0, *noises)}
+        clean = by_noise[0.0]
         depth = lambda r, top=layers + 1: top if r["depth"] is None else r["depth"]  # noqa: E731
-        first = comparative_first_term([r["depth"] for r in clean], [r["depth"] for r in noisy], layers)
-        out[layers] = {"clean depths": [depth(r) for r in clean], "noisy depths": [depth(r) for r in noisy],
-                       "first term": first, "estimate": first + noise,
-                       "clean test errors": [r["test error"] for r in clean],
-                       "clean last cdnv": [r["cdnv"][-1] for r in clean], "noisy last cdnv": [r["cdnv"][-1] for r in noisy]}
+        noisy = {}
+        for p in noises:
+            first = comparative_first_term([r["depth"] for r in clean], [r["depth"] for r in by_noise[p]], layers)
+            noisy[str(p)] = {"depths": [depth(r) for r in by_noise[p]], "first term": first, "estimate": first + p,
+                             "last cdnv": [r["cdnv"][-1] for r in by_noise[p]]}
+        last = [[r["cdnv"][-1] for r in by_noise[p]] for p in (0.0, *noises)]
+        out[layers] = {"clean depths": [depth(r) for r in clean], "clean test errors": [r["test error"] for r in clean],
+                       "clean last cdnv": last[0], "noisy": noisy,
+                       "cdnv rises with noise": [all(a < b for a, b in zip(seed, seed[1:], strict=False))
+                                                 for seed in zip(*last, strict=True)]}
     return out
 
 
 def depth_report(summary: dict[int, dict]) -> str:
-    """One line per total depth of :func:`depth_summary`, measured numbers marked ``≈``."""
+    """Lines of :func:`depth_summary`: per depth the clean runs, then per noise level; measured numbers ``≈``."""
     from .runtime import measured
 
     lines = []
     for layers, s in summary.items():
-        lines.append(f"{layers} layers: d clean {measured(s['clean depths'], '.0f')}, noisy "
-                     f"{measured(s['noisy depths'], '.0f')} ({layers + 1}: none); first term "
-                     f"{measured(s['first term'])}, estimate {measured(s['estimate'])} >= clean test error "
-                     f"{measured(s['clean test errors'], '.3f')}; last-layer CDNV clean "
-                     f"{measured(s['clean last cdnv'])} < noisy {measured(s['noisy last cdnv'])}")
+        lines.append(f"{layers} layers, clean: d {measured(s['clean depths'], '.0f')}, test error "
+                     f"{measured(s['clean test errors'], '.3f')}, last-layer CDNV {measured(s['clean last cdnv'])}")
+        for p, t in s["noisy"].items():
+            lines.append(f"  noise {float(p):.2f}: d {measured(t['depths'], '.0f')} ({layers + 1}: none), first term "
+                         f"{measured(t['first term'])}, estimate {measured(t['estimate'])}, last-layer CDNV "
+                         f"{measured(t['last cdnv'])}")
     return "\n".join(lines)
 
 
@@ -608,13 +615,15 @@ def headline_numbers(cfg, ratio: dict, sweep: dict, track: dict, summary: dict) 
     """The measured numbers the chapter's prose quotes (through ``glue``), by name."""
     sizes = cfg.sample_sizes
     mean = lambda key, n: float(np.mean([r[key] for r in sweep[(n, 32, 0.0)]]))  # noqa: E731
-    last = {kind: summary[10][f"{kind} last cdnv"] for kind in ("clean", "noisy")}
+    top = str(max(cfg.noise_percents) / 100)
+    last = {"clean": summary[10]["clean last cdnv"], "noisy": summary[10]["noisy"][top]["last cdnv"]}
     values = {"n_seeds": int(cfg.seeds), "depth_width": int(cfg.depth_width),
               "ratio_tree": float(ratio["T"]), "ratio_overlap": float(ratio["O"]),
               "gap_small_n": mean("gap", min(sizes)), "gap_large_n": mean("gap", max(sizes)),
               "term_ratio_n": float(np.mean(track["term_ratio_n"])),
               "train_error_large_n": float(np.mean(track["train_error_largest_n"])),
-              "first_term_6": float(summary[6]["first term"]), "first_term_10": float(summary[10]["first term"]),
+              "first_term_max": float(max(t["first term"] for s in summary.values() for t in s["noisy"].values())),
+              "smallest_noise": float(min(cfg.noise_percents)) / 100,
               "clean_error_max": float(max(max(s["clean test errors"]) for s in summary.values())),
               "clean_depths_6": str(summary[6]["clean depths"]), "clean_depths_10": str(summary[10]["clean depths"])}
     for key in ("spearman_n_term", "spearman_term_gap"):

@@ -221,7 +221,7 @@ def test_depth_summary_counts_unseparated_networks_as_one_layer_deeper():
                                                   "test error": error, "cdnv": [1.0, cdnv]}
     runs = {6: [run(0.0, 0, 3, 0.02, 0.1), run(0.0, 1, 5, 0.03, 0.2), run(0.1, 0, None, 0.5, 0.3),
                 run(0.1, 1, 4, 0.5, 0.4), run(0.3, 0, None, 0.6, 0.5), run(0.3, 1, None, 0.6, 0.35)]}
-    s = bounds.depth_summary(runs, [0.1, 0.3])[6]
+    s = bounds.depth_summary(runs)[6]
     assert s["clean depths"] == [3, 5] and s["clean test errors"] == [0.02, 0.03]
     low, high = s["noisy"]["0.1"], s["noisy"]["0.3"]
     assert low["depths"] == [7, 4] and low["first term"] == 0.5 and low["estimate"] == pytest.approx(0.6)

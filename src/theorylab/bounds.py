@@ -340,7 +340,8 @@ def train_stacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: Seq
                          f"'cross_entropy' and positive batch, steps and rate")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     rows = torch.arange(models)[:, None]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum,
+                                foreach=True)
     for _ in range(steps):
         index = torch.stack([torch.randint(0, int(n), (batch,), generator=g) for n, g in zip(sizes, generators, strict=False)])
         outputs, labels = model(x[rows, index]), y[rows, index]
@@ -547,13 +548,15 @@ def tracking(sweep: dict, sample_sizes: Sequence[int]) -> dict[str, list]:
             "train_error_largest_n": get(last, "train error")}
 
 
-def depth_summary(depth_runs: dict[int, list[dict]], noises: Sequence[float]) -> dict[int, dict]:
+def depth_summary(depth_runs: dict[int, list[dict]]) -> dict[int, dict]:
     r"""Per total depth: the clean runs' effective depths (``None`` counted as depth + 1), test errors and
-    last-layer CDNV seed by seed; for every noise level :math:`p` the noisy runs' effective depths, the first term
-    of the comparative bound (:func:`comparative_first_term`), its estimate ``first term + p`` (slack dropped)
-    and their last-layer CDNV; and, seed by seed, whether the last-layer CDNV rises with :math:`p`."""
+    last-layer CDNV seed by seed; for every noise level :math:`p>0` in the runs, the noisy runs' effective
+    depths, the first term of the comparative bound (:func:`comparative_first_term`), its estimate
+    ``first term + p`` (slack dropped) and their last-layer CDNV; and, seed by seed, whether the last-layer
+    CDNV rises with :math:`p`."""
     out = {}
     for layers, rows in depth_runs.items():
+        noises = sorted({r["noise"] for r in rows} - {0.0})
         by_noise = {p: sorted((r for r in rows if r["noise"] == p), key=lambda r: r["seed"]) for p in (0.0, *noises)}
         clean = by_noise[0.0]
         depth = lambda r, top=layers + 1: top if r["depth"] is None else r["depth"]  # noqa: E731

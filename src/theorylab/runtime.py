@@ -240,7 +240,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "seeds": Param(int, 3, 5, "retrained seeds of the multi-seed experiments", minimum=2),
             "depth_width": Param(int, 48, 128, "width of the effective-depth MLPs", minimum=1),
         },
-        ci_seconds=65,
+        ci_seconds=75,
         full_minutes=180,
         full_note="six sample sizes up to 16,000, about seven times longer training, five seeds, width-128 "
                   "effective-depth MLPs (estimated on CPU, not measured; the paper's 28x28 scale is described, not run)",

@@ -108,3 +108,148 @@ def test_teacher_labels_are_balanced_and_deterministic():
     x2, y2 = teacher_tree_images(2000, seed=3)
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert 0.4 < float(y.float().mean()) < 0.6
+
+
+def test_stacked_tree_matches_its_convolutional_twin():
+    """Oracle: nn.Conv2d (via StackedTree.single) on the same weights, model by model."""
+    torch.manual_seed(4)
+    stacked = bounds.StackedTree(3, 5, image_size=8)
+    x = torch.randn(3, 7, 1, 8, 8)
+    with torch.no_grad():
+        out = stacked(x)
+        for m in range(3):
+            twin = stacked.single(m)
+            assert torch.allclose(out[m], twin(x[m]), atol=1e-5)
+            assert stacked.filter_norm_products()[m] == pytest.approx(
+                bounds.architecture(twin, (1, 8, 8)).filter_norm_product, rel=1e-6)
+    assert stacked.degrees == bounds.architecture(stacked.single(0), (1, 8, 8)).degrees
+
+
+def test_stacked_mlp_matches_nn_linear():
+    torch.manual_seed(5)
+    stacked = bounds.StackedMLP(2, [6, 5, 4, 3])
+    x = torch.randn(2, 9, 6)
+    for m in range(2):
+        twin = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        linears = [layer for layer in twin if isinstance(layer, nn.Linear)]
+        with torch.no_grad():
+            for layer, w, b in zip(linears, stacked.weights, stacked.biases, strict=True):
+                layer.weight.copy_(w[m])
+                layer.bias.copy_(b[m])
+            assert torch.allclose(stacked(x)[m], twin(x[m]), atol=1e-5)
+            assert torch.allclose(stacked.features(x)[2][m], twin[:4](x[m]), atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
+def test_stacked_training_equals_training_each_model_alone(loss):
+    """Two models trained in one stack follow the trajectories they follow when trained one at a time."""
+    torch.manual_seed(6)
+    if loss == "squared":
+        together, make = bounds.StackedTree(2, 4), lambda: bounds.StackedTree(1, 4)
+        x, y = torch.randn(2, 50, 1, 8, 8), torch.randint(0, 2, (2, 50))
+    else:
+        together, make = bounds.StackedMLP(2, [6, 8, 3]), lambda: bounds.StackedMLP(1, [6, 8, 3])
+        x, y = torch.randn(2, 50, 6), torch.randint(0, 3, (2, 50))
+    alone = [make() for _ in range(2)]
+    with torch.no_grad():
+        for m, single in enumerate(alone):
+            for p, q in zip(single.parameters(), together.parameters(), strict=True):
+                p.copy_(q[m:m + 1])
+    options = dict(batch=8, lr=0.05, wd=1e-3, momentum=0.9, steps=25, loss=loss)
+    bounds.train_stacked(together, x, y, [50, 30], [11, 12], **options)
+    for m, (single, n, seed) in enumerate(zip(alone, [50, 30], [11, 12], strict=False)):
+        bounds.train_stacked(single, x[m:m + 1], y[m:m + 1], [n], [seed], **options)
+        for p, q in zip(single.parameters(), together.parameters(), strict=True):
+            assert torch.allclose(p[0], q[m], atol=1e-5)
+    with pytest.raises(ValueError, match="one size"):
+        bounds.train_stacked(together, x, y, [50], [1], **options)
+
+
+def test_replace_labels_keeps_the_rest_and_replaces_about_the_fraction():
+    labels = torch.zeros(20_000, dtype=torch.long)
+    noisy = bounds.replace_labels(labels, 0.3, 10, seed=1)
+    # a replaced label is wrong with probability 9/10: about 0.27 of all labels change
+    assert abs(float((noisy != 0).float().mean()) - 0.27) < 0.01
+    assert torch.equal(bounds.replace_labels(labels, 0.0, 10, seed=1), labels)
+    with pytest.raises(ValueError, match="fraction"):
+        bounds.replace_labels(labels, 1.0, 10, seed=1)
+
+
+def test_code_formula_by_hand_and_the_omitted_readout_factor():
+    """The public code's formula by hand; it omits sqrt(P) of a dense read-out: 5 on 8x8, 25 on 28x28."""
+    value = bounds.code_formula_bound(3.0, [4, 4, 4, 25], [2, 2, 2], 16.0, 100, 1, 0.01)
+    complexity = 4.0 / 100 * 2**1.5 * (1 + math.sqrt(2 * 4 * math.log(50))) * 4.0 * 8
+    assert value == pytest.approx(complexity + 3 * math.sqrt(math.log(2 * 25 / 0.01) / 200))
+    assert bounds.readout_factor([4, 4, 4, 25], [2, 2, 2]) == pytest.approx(5.0)
+    assert bounds.readout_factor([4, 4, 4, 625], [2, 2, 2]) == pytest.approx(25.0)
+    assert bounds.readout_factor([4, 4, 4, 1], [2, 2, 2]) == pytest.approx(1.0)
+
+
+def test_comparative_first_term_counts_pairs_by_brute_force():
+    assert bounds.comparative_first_term([3, 4, 5], [9, 4, 2], layers=10) == pytest.approx(2 / 3)
+    assert bounds.comparative_first_term([3, None], [None, None], layers=10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="pair"):
+        bounds.comparative_first_term([3], [], layers=10)
+
+
+def _row(term, gap, train=0.0):
+    return {"term": term, "gap": gap, "train error": train}
+
+
+def test_tracking_flags_and_ratios_on_a_hand_made_sweep():
+    """Two seeds; seed 0 tracks everywhere, seed 1's term falls with noise. Oracles: the values by hand and
+    scipy's Spearman on the same lists."""
+    from scipy.stats import spearmanr
+
+    sweep = {(250, 32, 0.0): [_row(10, 0.3), _row(10, 0.3)], (1000, 32, 0.0): [_row(12, 0.2), _row(12, 0.2)],
+             (4000, 32, 0.0): [_row(5, 0.1, 0.07), _row(6, 0.12, 0.05)],
+             (1000, 8, 0.0): [_row(8, 0.1), _row(13, 0.1)],
+             (1000, 32, 0.2): [_row(20, 0.3), _row(11, 0.3)], (1000, 32, 0.4): [_row(30, 0.4), _row(9, 0.4)]}
+    track = bounds.tracking(sweep, [250, 1000, 4000])
+    assert track["noise_term_rises"] == [True, False] and track["noise_gap_rises"] == [True, True]
+    assert track["width_term_rises"] == [True, False] and track["width_gap_rises"] == [True, True]
+    assert track["n_gap_falls"] == [True, True]
+    assert track["term_ratio_n"] == pytest.approx([0.5, 0.6]) and track["train_error_largest_n"] == [0.07, 0.05]
+    keys = list(sweep)
+    expected = spearmanr([sweep[c][1]["term"] for c in keys], [sweep[c][1]["gap"] for c in keys])[0]
+    assert track["spearman_term_gap"][1] == pytest.approx(expected)
+    assert track["spearman_n_term"] == pytest.approx([-0.5, -0.5])
+
+
+def test_depth_summary_counts_unseparated_networks_as_one_layer_deeper():
+    run = lambda noise, seed, depth, error, cdnv: {"noise": noise, "seed": seed, "depth": depth,  # noqa: E731
+                                                  "test error": error, "cdnv": [1.0, cdnv]}
+    runs = {6: [run(0.0, 0, 3, 0.02, 0.1), run(0.0, 1, 5, 0.03, 0.2), run(0.1, 0, None, 0.5, 0.3),
+                run(0.1, 1, 4, 0.5, 0.4), run(0.3, 0, None, 0.6, 0.5), run(0.3, 1, None, 0.6, 0.35)]}
+    s = bounds.depth_summary(runs)[6]
+    assert s["clean depths"] == [3, 5] and s["clean test errors"] == [0.02, 0.03]
+    low, high = s["noisy"]["0.1"], s["noisy"]["0.3"]
+    assert low["depths"] == [7, 4] and low["first term"] == 0.5 and low["estimate"] == pytest.approx(0.6)
+    assert high["depths"] == [7, 7] and high["first term"] == 0.0 and high["estimate"] == pytest.approx(0.3)
+    assert low["last cdnv"] == [0.3, 0.4]
+    assert s["cdnv rises with noise"] == [True, False]  # seed 1: 0.2 < 0.4 but 0.4 > 0.35
+
+
+def test_gap_sweep_keeps_the_order_and_the_term_is_the_margin_complexity():
+    teacher = lambda n, k=0: teacher_tree_images(n, seed=n + 10 * k)  # noqa: E731
+    test = teacher_tree_images(50, seed=99)
+    conditions = [(40, 4, 0.0), (20, 2, 0.0), (20, 4, 0.3)]
+    sweep = bounds.gap_sweep(teacher, test, conditions, 2, steps=3, seed=0)
+    assert list(sweep) == conditions and all(len(rows) == 2 for rows in sweep.values())
+    for (n, _, _), rows in sweep.items():
+        for r in rows:
+            assert r["n"] == n and r["term"] == pytest.approx(2 / 0.5 * r["sparse"])
+            assert r["gap"] == pytest.approx(r["test error"] - r["train error"])
+
+
+def test_conv_student_reports_c1_and_the_code_formula_on_the_same_network():
+    x, y = teacher_tree_images(64, seed=2)
+    xt, yt = teacher_tree_images(32, seed=3)
+    from theorylab.data import Split
+
+    row = bounds.conv_student("overlap", 4, Split(x, y, xt, yt), n_outputs=1, steps=2, lr=0.01, seed=0)
+    assert row["grs"] / row["sparse"] == pytest.approx(row["c1"]["total"], rel=1e-12)
+    assert row["readout factor"] == 5
+    energies = bounds.pixel_energies(x)
+    assert row["code bound"] == pytest.approx(bounds.code_formula_bound(
+        row["rho"], (4, 4, 4, 25), (2, 2, 2), energies.max(), 64, 1, 0.01))

@@ -238,3 +238,399 @@ def effective_depth(accuracies: Sequence[float], eps: float) -> int | None:
 def layer_cdnv(features: list[np.ndarray], labels: np.ndarray) -> list[float]:
     """CDNV (the Galanti-Gyorgy-Hutter convention of ``theorylab.collapse``) of every layer's features."""
     return [cdnv(f, labels) for f in features]
+
+
+# ----------------------------------------------------------------------------------------------
+# Several students at once (seeds, sample sizes, label noise stacked along a leading model axis)
+
+
+class StackedTree(nn.Module):
+    r"""``models`` independent tree students (:func:`sparse_cnn` ``"tree"``) evaluated together.
+
+    Layer :math:`l` of model :math:`m` maps every 2x2 block of channel vectors to
+    :math:`\sigma(W^{(m)}_l\,\mathrm{vec}\,h[N(q)])`, with :math:`W^{(m)}_l\in\mathbb R^{c\times4c'}`; the read-out
+    (degree 1) is linear. Inputs are ``(models, batch, channels, size, size)``, outputs ``(models, batch,
+    n_outputs)``. Initialisation as PyTorch's ``Conv2d`` (uniform on :math:`\pm1/\sqrt{\text{fan-in}}`).
+    :meth:`single` returns model :math:`m` as the equivalent ``nn.Sequential`` of convolutions."""
+
+    def __init__(self, models: int, channels: int, n_outputs: int = 1, image_size: int = 8, in_channels: int = 1):
+        super().__init__()
+        if min(models, channels, n_outputs, in_channels) < 1 or image_size < 2 or image_size & (image_size - 1):
+            raise ValueError(f"models, channels, n_outputs, in_channels must be positive and image_size a power of "
+                             f"two >= 2; got {models}, {channels}, {n_outputs}, {in_channels}, {image_size}")
+        shapes, previous, size = [], in_channels, image_size
+        while size > 1:
+            shapes.append((channels, 4 * previous))
+            previous, size = channels, size // 2
+        shapes.append((n_outputs, previous))
+        self.weights = nn.ParameterList(
+            nn.Parameter((torch.rand(models, out, fan_in) * 2 - 1) / math.sqrt(fan_in)) for out, fan_in in shapes)
+        self.channels, self.n_outputs, self.image_size, self.in_channels = channels, n_outputs, image_size, in_channels
+
+    @property
+    def degrees(self) -> tuple[int, ...]:
+        return (4,) * (len(self.weights) - 1) + (1,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, b = x.shape[:2]
+        h = x.permute(0, 1, 3, 4, 2)  # channels last: (models, batch, height, width, channels)
+        for weight in self.weights[:-1]:
+            size, c = h.shape[2], h.shape[4]
+            blocks = h.reshape(m, b, size // 2, 2, size // 2, 2, c).permute(0, 1, 2, 4, 3, 5, 6)
+            h = torch.relu(torch.einsum("mbhwi,moi->mbhwo", blocks.reshape(m, b, size // 2, size // 2, 4 * c), weight))
+        return torch.einsum("mbi,moi->mbo", h[:, :, 0, 0, :], self.weights[-1])
+
+    def filter_norm_products(self) -> np.ndarray:
+        r""":math:`\rho(f_m)=\prod_l\|W^{(m)}_l\|_F` for every model, float64."""
+        norms = [w.detach().double().flatten(1).norm(dim=1) for w in self.weights]
+        return torch.stack(norms).prod(dim=0).numpy()
+
+    def single(self, index: int) -> nn.Sequential:
+        """Model ``index`` as :func:`sparse_cnn` convolutions (weights copied, block order (row, col, channel))."""
+        model = sparse_cnn("tree", self.channels, self.n_outputs, self.image_size, self.in_channels)
+        convolutions = [layer for layer in model if isinstance(layer, nn.Conv2d)]
+        with torch.no_grad():
+            for layer, weight in zip(convolutions, self.weights, strict=True):
+                out, c_in, kh, kw = layer.weight.shape
+                layer.weight.copy_(weight[index].reshape(out, kh, kw, c_in).permute(0, 3, 1, 2))
+        return model
+
+
+class StackedMLP(nn.Module):
+    """``models`` independent ReLU MLPs ``widths[0] -> ... -> widths[-1]`` with biases, Kaiming-normal weights
+    (fan-in) and zero biases, as :func:`theorylab.training.mlp` with ``init="kaiming"``. Inputs ``(models, batch,
+    widths[0])``; :meth:`features` gives :math:`h_0=x,h_1,\\dots,h_D` (post-ReLU) of every model."""
+
+    def __init__(self, models: int, widths: Sequence[int]):
+        super().__init__()
+        if models < 1 or len(widths) < 2 or min(widths) < 1:
+            raise ValueError(f"models: got {models}, widths: got {list(widths)}; expected positive sizes, two at least")
+        shapes = zip(widths, widths[1:], strict=False)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(models, out, fan_in) * math.sqrt(2 / fan_in)) for fan_in, out in shapes)
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(models, out)) for out in widths[1:])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, out = x, [x]
+        for weight, bias in zip(self.weights[:-1], self.biases[:-1], strict=False):
+            h = torch.relu(torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2)))
+            out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)[-1]
+        return torch.baddbmm(self.biases[-1][:, None, :], h, self.weights[-1].transpose(1, 2))
+
+
+def train_stacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], seeds: Sequence[int], *,
+                  batch: int, lr: float, wd: float, momentum: float, steps: int, loss: str) -> nn.Module:
+    r"""SGD (PyTorch's, with momentum and weight decay) on the sum over models of each model's mean loss.
+
+    Model :math:`m` sees its own training set ``x[m, :sizes[m]]``, ``y[m, :sizes[m]]`` and draws ``batch`` indices
+    uniformly with replacement from a generator seeded with ``seeds[m]``. SGD, momentum and weight decay act
+    element by element and the loss is a sum of one term per model, so each model follows exactly the
+    trajectory it would follow alone (a unit test checks this). ``loss``: ``"squared"`` (one output, targets
+    :math:`\pm1` for labels 1/0) or ``"cross_entropy"``."""
+    models = x.shape[0]
+    if not len(sizes) == len(seeds) == models == y.shape[0] or min(sizes) < 1 or max(sizes) > x.shape[1]:
+        raise ValueError(f"need one size in [1, {x.shape[1]}] and one seed per model ({models}); "
+                         f"got sizes {list(sizes)}, seeds {list(seeds)}")
+    if loss not in ("squared", "cross_entropy") or min(batch, steps) < 1 or lr <= 0:
+        raise ValueError(f"loss {loss!r}, batch {batch}, steps {steps}, lr {lr}: expected 'squared' or "
+                         f"'cross_entropy' and positive batch, steps and rate")
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    rows = torch.arange(models)[:, None]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum,
+                                foreach=True)
+    for _ in range(steps):
+        index = torch.stack([torch.randint(0, int(n), (batch,), generator=g) for n, g in zip(sizes, generators, strict=False)])
+        outputs, labels = model(x[rows, index]), y[rows, index]
+        if loss == "squared":
+            objective = ((outputs[..., 0] - (2.0 * labels - 1)) ** 2).mean(dim=1).sum()
+        else:
+            objective = nn.functional.cross_entropy(outputs.flatten(0, 1), labels.flatten(), reduction="none")
+            objective = objective.view(models, batch).mean(dim=1).sum()
+        optimizer.zero_grad(set_to_none=False)
+        objective.backward()
+        optimizer.step()
+    return model
+
+
+def replace_labels(labels: torch.Tensor, fraction: float, n_classes: int, seed: int) -> torch.Tensor:
+    """A copy of ``labels`` in which each label is, with probability ``fraction``, replaced by a uniformly random
+    class (so about ``fraction / n_classes`` of the replaced labels stay correct by chance)."""
+    if not 0 <= fraction < 1 or n_classes < 2:
+        raise ValueError(f"fraction: got {fraction}, expected [0, 1); n_classes: got {n_classes}, expected >= 2")
+    labels = labels.clone()
+    generator = torch.Generator().manual_seed(seed)
+    replace = torch.rand(len(labels), generator=generator) < fraction
+    labels[replace] = torch.randint(0, n_classes, (int(replace.sum()),), generator=generator)
+    return labels
+
+
+def tree_students(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], tests: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                  channels: int, seeds: Sequence[int], *, steps: int, lr: float = 0.02, wd: float = 3e-3,
+                  gamma: float = 0.5, delta: float = 0.01) -> list[dict[str, float]]:
+    r"""Train one tree student per training set ``samples[m]`` (stacked, :func:`train_stacked`, squared loss,
+    momentum 0.9, batch 32) and measure it: :math:`\rho`, the complexity term of T2, the margin bound T3 with it,
+    the public code's formula, training error, error on ``tests[m]`` and the gap (test minus training error)."""
+    sizes = [len(y) for _, y in samples]
+    x = torch.zeros(len(samples), max(sizes), *samples[0][0].shape[1:])
+    y = torch.zeros(len(samples), max(sizes), dtype=torch.long)
+    for m, (xm, ym) in enumerate(samples):
+        x[m, :len(ym)], y[m, :len(ym)] = xm, ym
+    model = train_stacked(StackedTree(len(samples), channels), x, y, sizes, seeds, batch=32, lr=lr, wd=wd,
+                          momentum=0.9, steps=steps, loss="squared")
+    rhos, rows = model.filter_norm_products(), []
+    with torch.no_grad():
+        train_outputs, test_outputs = model(x)[..., 0], model(torch.stack([xt for xt, _ in tests]))[..., 0]
+    for m, ((xm, ym), (_, yt)) in enumerate(zip(samples, tests, strict=True)):
+        margins = ((2 * ym - 1) * train_outputs[m, :len(ym)]).double().numpy()
+        test_error = float(((test_outputs[m] > 0).long() != yt).float().mean())
+        energy, n = pixel_energies(xm).max(), len(ym)
+        term = lambda r, e=energy, n=n: sparse_rademacher_bound(r, model.degrees, e, n)  # noqa: E731
+        bound = margin_bound(term, float(rhos[m]), margins, gamma, delta)
+        rows.append({"n": n, "rho": float(rhos[m]), "sparse": term(float(rhos[m])), "margin bound": bound["bound"],
+                     "code bound": code_formula_bound(float(rhos[m]), model.degrees, [2] * (len(model.degrees) - 1),
+                                                      energy, n, 1, delta),
+                     "train error": float(np.mean(margins <= 0)), "test error": test_error,
+                     "gap": test_error - float(np.mean(margins <= 0))})
+    return rows
+
+
+def readout_factor(degrees: Sequence[int], kernel_sides: Sequence[int]) -> float:
+    r"""What the public code's formula leaves out of T2's architecture factor:
+    :math:`\prod_l\sqrt{\deg_l}\,/\prod_{\rm conv}k_l`, i.e. :math:`\sqrt P` for a dense read-out over :math:`P`
+    positions after convolutions of kernel side :math:`k_l` (1 after a tree, whose read-out has degree 1)."""
+    return math.prod(math.sqrt(d) for d in degrees) / math.prod(kernel_sides)
+
+
+def comparative_first_term(clean_depths: Sequence[int | None], noisy_depths: Sequence[int | None], layers: int) -> float:
+    r"""The data-dependent term of Conjecture (comparative bound) estimated over paired runs:
+    :math:`\widehat{\Pr}[d_\varepsilon(f_S)\ge d_\varepsilon(f_{\tilde S})]`, the fraction of pairs ``(clean, noisy)`` in
+    which the clean network is not shallower; ``None`` (no layer separates) counts as ``layers + 1``."""
+    if len(clean_depths) != len(noisy_depths) or not clean_depths:
+        raise ValueError("need one noisy run per clean run, and at least one pair")
+    depth = lambda d: layers + 1 if d is None else d  # noqa: E731
+    return float(np.mean([depth(c) >= depth(p) for c, p in zip(clean_depths, noisy_depths, strict=False)]))
+
+
+def conv_student(kind: str, channels: int, split, *, n_outputs: int, steps: int, lr: float, seed: int,
+                 gamma: float = 0.5, delta: float = 0.01) -> dict:
+    r"""Train one :func:`sparse_cnn` student on ``split`` (SGD, momentum 0.9, weight decay :math:`3\cdot10^{-3}`,
+    batch 32, squared loss) and return its architecture, T2 and GRS complexity terms, C1's factors, the public
+    code's formula, training and test error, and (one output) the margin bound T3."""
+    from .training import train_sgd
+
+    torch.manual_seed(seed)
+    model = sparse_cnn(kind, channels, n_outputs=n_outputs, image_size=split.x_train.shape[-1])
+    train_sgd(model, split, batch=32, lr=lr, wd=3e-3, steps=steps, seed=seed, momentum=0.9, loss="squared")
+    arch = architecture(model, tuple(split.x_train.shape[1:]))
+    energies, n = pixel_energies(split.x_train), len(split.y_train)
+    with torch.no_grad():
+        train_out, test_out = model(split.x_train), model(split.x_test)
+    predict = (lambda o: (o[:, 0] > 0).long()) if n_outputs == 1 else (lambda o: o.argmax(dim=1))
+    sides = [int(math.isqrt(d)) for d in arch.degrees[:-1]]
+    row = {"n": n, "rho": arch.filter_norm_product, "arch": arch,
+           "sparse": sparse_rademacher_bound(arch.filter_norm_product, arch.degrees, energies.max(), n, n_outputs),
+           "grs": grs_rademacher_bound(arch.toeplitz_norm_product, arch.depth, energies.sum(), n, n_outputs),
+           "c1": bound_ratio(arch, energies), "readout factor": readout_factor(arch.degrees, sides),
+           "code bound": code_formula_bound(arch.filter_norm_product, arch.degrees, sides, energies.max(), n,
+                                            n_outputs, delta),
+           "train error": float((predict(train_out) != split.y_train).float().mean()),
+           "test error": float((predict(test_out) != split.y_test).float().mean())}
+    if n_outputs == 1:
+        margins = ((2 * split.y_train - 1) * train_out[:, 0]).double().numpy()
+        term = lambda r: sparse_rademacher_bound(r, arch.degrees, energies.max(), n)  # noqa: E731
+        row["margin bound"] = margin_bound(term, arch.filter_norm_product, margins, gamma, delta)["bound"]
+    return row
+
+
+def stacked_depth_runs(split, depth: int, width: int, noises: Sequence[float], seeds: Sequence[int], *, steps: int,
+                       lr: float = 0.01, wd: float = 5e-4, batch: int = 64, eps: float = 0.01) -> list[dict]:
+    r"""One MLP per ``(noise, seed)`` pair (:class:`StackedMLP`, cross-entropy, momentum 0.9), trained on the
+    training labels with a fraction ``noise`` replaced (:func:`replace_labels`, seeded ``seed + 1``); for each:
+    the fit of the labels trained on, per-layer NCC training accuracy and CDNV on those labels,
+    :math:`d_\varepsilon` and the test error on clean test labels."""
+    labels = torch.stack([replace_labels(split.y_train, p, 10, s + 1) for p, s in zip(noises, seeds, strict=True)])
+    models = len(labels)
+    x = split.x_train.expand(models, -1, -1).contiguous()
+    model = StackedMLP(models, [x.shape[-1]] + [width] * depth + [10])
+    train_stacked(model, x, labels, [x.shape[1]] * models, seeds, batch=batch, lr=lr, wd=wd, momentum=0.9,
+                  steps=steps, loss="cross_entropy")
+    with torch.no_grad():
+        features, fit = model.features(x), (model(x).argmax(-1) == labels).float().mean(1)
+        test = (model(split.x_test.expand(models, -1, -1)).argmax(-1) != split.y_test).float().mean(1)
+    rows = []
+    for m, (p, s) in enumerate(zip(noises, seeds, strict=False)):
+        layers = [f[m].double().numpy() for f in features]
+        accuracies = [ncc_train_accuracy(f, labels[m].numpy()) for f in layers]
+        rows.append({"noise": p, "seed": s, "layers": depth, "fit": float(fit[m]), "ncc": accuracies,
+                     "cdnv": layer_cdnv(layers, labels[m].numpy()), "depth": effective_depth(accuracies, eps),
+                     "test error": float(test[m])})
+    return rows
+
+
+def toeplitz_relative_error(layer: nn.Conv2d, input_shape: Sequence[int]) -> float:
+    r"""L1 checked on an explicit operator: :math:`\big|\|T(w)\|_F/(\sqrt{P_{\rm out}}\|w\|_F)-1\big|`, with
+    :math:`T(w)` built from basis images (:func:`dense_operator`)."""
+    dense = dense_operator(layer, input_shape)
+    expected = math.sqrt(dense.shape[0] // layer.out_channels) * float(layer.weight.detach().double().norm())
+    return abs(float(np.linalg.norm(dense)) / expected - 1)
+
+
+def architecture_table(rows: Sequence[tuple[str, str, int, int, int]]) -> tuple[list[dict[str, float]], str]:
+    """C1's architecture factors (:func:`architecture_factors`, kernel 2) for ``(input, description, size, layers,
+    stride)`` rows, and the table as text."""
+    factors = [architecture_factors(size, layers, stride) for _, _, size, layers, stride in rows]
+    lines = [f"{'input':6s} {'layers':28s} {'Toeplitz':>12s} {'sparse':>8s} {'ratio':>12s}"]
+    for (size_text, layers_text, *_), f in zip(rows, factors, strict=True):
+        lines.append(f"{size_text:6s} {layers_text:28s} {f['toeplitz']:12.4g} {f['sparse']:8.4g} {f['ratio']:12.4g}")
+    return factors, "\n".join(lines)
+
+
+def gap_sweep(teacher, test: tuple[torch.Tensor, torch.Tensor], conditions: Sequence[tuple[int, int, float]],
+              seeds: int, *, steps: int, seed: int, gamma: float = 0.5) -> dict[tuple[int, int, float], list[dict]]:
+    r"""Tree students for every ``(n, width, noise)`` condition and ``seeds`` seeds (:func:`tree_students`; one
+    stack per width). ``teacher(n, k)`` gives the :math:`k`-th training set of size ``n``; a fraction ``noise`` of
+    its labels and of the test labels is replaced (:func:`replace_labels`). Each row gains ``term``
+    :math:`=\frac2\gamma\hat{\mathfrak R}_S(\mathcal F_{\rho(f)})` (T2 at the network's own :math:`\rho`)."""
+    if seeds < 1 or not conditions:
+        raise ValueError(f"need at least one seed and one condition; got {seeds} and {list(conditions)}")
+    results: dict[tuple[int, int, float], list[dict]] = {}
+    for width in sorted({w for _, w, _ in conditions}):
+        keys = [c for c in conditions if c[1] == width]
+        samples, tests, generator_seeds = [], [], []
+        for n, _, noise in keys:
+            for k in range(seeds):
+                x, y = teacher(n, k)
+                corruption = seed + 1000 * k + round(100 * noise)
+                samples.append((x, replace_labels(y, noise, 2, corruption)))
+                tests.append((test[0], replace_labels(test[1], noise, 2, corruption + 500)))
+                generator_seeds.append(seed + k)
+        torch.manual_seed(seed + width)
+        rows = tree_students(samples, tests, width, generator_seeds, steps=steps, gamma=gamma)
+        for i, key in enumerate(keys):
+            results[key] = [{**r, "term": 2 / gamma * r["sparse"]} for r in rows[i * seeds:(i + 1) * seeds]]
+    return {key: results[key] for key in conditions}
+
+
+def sweep_groups(sweep: dict) -> dict[str, list]:
+    """The sweep's conditions grouped for plotting: sample sizes, widths, label noise (at n = 1000, width 32)."""
+    return {"sample size": [k for k in sweep if k[1] == 32 and k[2] == 0],
+            "width": [k for k in sweep if k[0] == 1000 and k[2] == 0],
+            "label noise": [k for k in sweep if k[0] == 1000 and k[1] == 32]}
+
+
+def tracking(sweep: dict, sample_sizes: Sequence[int]) -> dict[str, list]:
+    """Seed by seed: does the complexity term move with the measured gap? Rises with label noise (0, 0.2, 0.4 at
+    n = 1000, width 32) and from width 8 to 32; the gap at the largest against the smallest n; Spearman
+    correlations of (term, gap) over all conditions and of (n, term); ratios at the largest over the smallest n."""
+    from scipy.stats import spearmanr
+
+    ns = sorted(set(sample_sizes))
+    seeds = range(len(next(iter(sweep.values()))))
+    get = lambda key, q: [sweep[key][k][q] for k in seeds]  # noqa: E731
+    def rises(keys, q):  # per seed: strictly increasing along keys
+        return [all(a < b for a, b in zip(v, v[1:], strict=False)) for v in zip(*(get(key, q) for key in keys), strict=True)]
+    noise_keys = [(1000, 32, p) for p in (0.0, 0.2, 0.4)]
+    first, last = (ns[0], 32, 0.0), (ns[-1], 32, 0.0)
+    keys = list(sweep)
+    return {"noise_term_rises": rises(noise_keys, "term"), "noise_gap_rises": rises(noise_keys, "gap"),
+            "width_term_rises": rises([(1000, 8, 0.0), (1000, 32, 0.0)], "term"),
+            "width_gap_rises": rises([(1000, 8, 0.0), (1000, 32, 0.0)], "gap"),
+            "n_gap_falls": [a > b for a, b in zip(get(first, "gap"), get(last, "gap"), strict=False)],
+            "spearman_term_gap": [float(spearmanr([sweep[c][k]["term"] for c in keys],
+                                                    [sweep[c][k]["gap"] for c in keys])[0]) for k in seeds],
+            "spearman_n_term": [float(spearmanr(ns, [sweep[(n, 32, 0.0)][k]["term"] for n in ns])[0]) for k in seeds],
+            "term_ratio_n": [b / a for a, b in zip(get(first, "term"), get(last, "term"), strict=False)],
+            "gap_ratio_n": [b / a for a, b in zip(get(first, "gap"), get(last, "gap"), strict=False)],
+            "train_error_largest_n": get(last, "train error")}
+
+
+def depth_summary(depth_runs: dict[int, list[dict]]) -> dict[int, dict]:
+    r"""Per total depth: the clean runs' effective depths (``None`` counted as depth + 1), test errors and
+    last-layer CDNV seed by seed; for every noise level :math:`p>0` in the runs, the noisy runs' effective
+    depths, the first term of the comparative bound (:func:`comparative_first_term`), its estimate
+    ``first term + p`` (slack dropped) and their last-layer CDNV; and, seed by seed, whether the last-layer
+    CDNV rises with :math:`p`."""
+    out = {}
+    for layers, rows in depth_runs.items():
+        noises = sorted({r["noise"] for r in rows} - {0.0})
+        by_noise = {p: sorted((r for r in rows if r["noise"] == p), key=lambda r: r["seed"]) for p in (0.0, *noises)}
+        clean = by_noise[0.0]
+        depth = lambda r, top=layers + 1: top if r["depth"] is None else r["depth"]  # noqa: E731
+        noisy = {}
+        for p in noises:
+            first = comparative_first_term([r["depth"] for r in clean], [r["depth"] for r in by_noise[p]], layers)
+            noisy[str(p)] = {"depths": [depth(r) for r in by_noise[p]], "first term": first, "estimate": first + p,
+                             "last cdnv": [r["cdnv"][-1] for r in by_noise[p]]}
+        last = [[r["cdnv"][-1] for r in by_noise[p]] for p in (0.0, *noises)]
+        out[layers] = {"clean depths": [depth(r) for r in clean], "clean test errors": [r["test error"] for r in clean],
+                       "clean last cdnv": last[0], "noisy": noisy,
+                       "cdnv rises with noise": [all(a < b for a, b in zip(seed, seed[1:], strict=False))
+                                                 for seed in zip(*last, strict=True)]}
+    return out
+
+
+def depth_report(summary: dict[int, dict]) -> str:
+    """Lines of :func:`depth_summary`: per depth the clean runs, then per noise level; measured numbers ``≈``."""
+    from .runtime import measured
+
+    lines = []
+    for layers, s in summary.items():
+        lines.append(f"{layers} layers, clean: d {measured(s['clean depths'], '.0f')}, test error "
+                     f"{measured(s['clean test errors'], '.3f')}, last-layer CDNV {measured(s['clean last cdnv'])}")
+        for p, t in s["noisy"].items():
+            lines.append(f"  noise {float(p):.2f}: d {measured(t['depths'], '.0f')} ({layers + 1}: none), first term "
+                         f"{measured(t['first term'])}, estimate {measured(t['estimate'])}, last-layer CDNV "
+                         f"{measured(t['last cdnv'])}")
+    return "\n".join(lines)
+
+
+def teacher_samples(seed: int):
+    """``teacher(n, k)``: the ``k``-th training set of ``n`` teacher-labelled images
+    (:func:`theorylab.data.teacher_tree_images` with seed ``seed + n + 7919 k``)."""
+    from .data import teacher_tree_images
+
+    return lambda n, k=0: teacher_tree_images(n, seed=seed + n + 7919 * k)
+
+
+def recordable(row: dict) -> dict:
+    """A result row without the objects that are not numbers (the architecture)."""
+    return {key: value for key, value in row.items() if key != "arch"}
+
+
+def sweep_report(sweep: dict) -> str:
+    """One line per sweep condition: rho, complexity term, training error and gap of every seed (``≈``)."""
+    from .runtime import measured
+
+    lines = []
+    for (n, width, noise), rows in sweep.items():
+        values = {q: [r[q] for r in rows] for q in ("rho", "term", "train error", "gap")}
+        lines.append(f"n={n:<5d} width {width:<3d} noise {noise:.1f}: rho {measured(values['rho'], '.0f')}, "
+                     f"term {measured(values['term'], '.0f')}, train err {measured(values['train error'], '.3f')}, "
+                     f"gap {measured(values['gap'], '.3f')}")
+    return "\n".join(lines)
+
+
+def headline_numbers(cfg, ratio: dict, sweep: dict, track: dict, summary: dict) -> dict:
+    """The measured numbers the chapter's prose quotes (through ``glue``), by name."""
+    sizes = cfg.sample_sizes
+    mean = lambda key, n: float(np.mean([r[key] for r in sweep[(n, 32, 0.0)]]))  # noqa: E731
+    top = str(max(cfg.noise_percents) / 100)
+    last = {"clean": summary[10]["clean last cdnv"], "noisy": summary[10]["noisy"][top]["last cdnv"]}
+    values = {"n_seeds": int(cfg.seeds), "depth_width": int(cfg.depth_width),
+              "ratio_tree": float(ratio["T"]), "ratio_overlap": float(ratio["O"]),
+              "gap_small_n": mean("gap", min(sizes)), "gap_large_n": mean("gap", max(sizes)),
+              "term_ratio_n": float(np.mean(track["term_ratio_n"])),
+              "train_error_large_n": float(np.mean(track["train_error_largest_n"])),
+              "first_term_max": float(max(t["first term"] for s in summary.values() for t in s["noisy"].values())),
+              "smallest_noise": float(min(cfg.noise_percents)) / 100,
+              "clean_error_max": float(max(max(s["clean test errors"]) for s in summary.values())),
+              "clean_depths_6": str(summary[6]["clean depths"]), "clean_depths_10": str(summary[10]["clean depths"])}
+    for key in ("spearman_n_term", "spearman_term_gap"):
+        values[f"{key}_min"], values[f"{key}_max"] = float(min(track[key])), float(max(track[key]))
+    for kind, v in last.items():
+        values[f"{kind}_cdnv_mean"], values[f"{kind}_cdnv_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
+    return values

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from theorylab import bounds
-from theorylab.data import teacher_tree_images
+from theorylab.bounds import teacher_tree_images
 
 
 @pytest.mark.parametrize("stride,padding_free_shape", [(1, (2, 6, 6)), (2, (3, 8, 8)), (3, (1, 7, 7))])
@@ -253,3 +253,33 @@ def test_conv_student_reports_c1_and_the_code_formula_on_the_same_network():
     energies = bounds.pixel_energies(x)
     assert row["code bound"] == pytest.approx(bounds.code_formula_bound(
         row["rho"], (4, 4, 4, 25), (2, 2, 2), energies.max(), 64, 1, 0.01))
+
+
+# teacher_tree_images -------------------------------------------------------------------------------------------------
+
+
+def test_teacher_tree_images_shapes_binary_labels_and_balance():
+    n = 1000
+    x, y = teacher_tree_images(n, size=8, channels=2, seed=0, teacher_seed=0, n_reference=1000)
+    assert x.shape == (n, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert set(y.tolist()) <= {0, 1}
+    # labels split at the reference median: the fraction of ones is 1/2 up to the binomial error of the sample
+    # and of the median's quantile (each SE sqrt(1/4/1000)); 5 combined standard errors
+    assert abs(float(y.float().mean()) - 0.5) < 5 * math.sqrt(2 * 0.25 / 1000)
+
+
+def test_teacher_tree_images_images_depend_on_seed_and_labels_on_teacher_seed():
+    x0, y0 = teacher_tree_images(200, channels=2, seed=0, teacher_seed=0, n_reference=500)
+    x1, y1 = teacher_tree_images(200, channels=2, seed=0, teacher_seed=1, n_reference=500)
+    x2, _ = teacher_tree_images(200, channels=2, seed=1, teacher_seed=0, n_reference=500)
+    again = teacher_tree_images(200, channels=2, seed=0, teacher_seed=0, n_reference=500)
+    assert torch.equal(x0, again[0]) and torch.equal(y0, again[1])
+    assert torch.equal(x0, x1) and not torch.equal(y0, y1)
+    assert not torch.equal(x0, x2)
+    # pixels are i.i.d. N(0, 1): mean of 12800 has SE 1/sqrt(12800), allow 5
+    assert abs(float(x0.mean())) < 5 / math.sqrt(x0.numel())
+
+
+def test_teacher_tree_images_rejects_non_positive_count_with_value_error():
+    with pytest.raises(ValueError):
+        teacher_tree_images(0)

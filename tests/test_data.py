@@ -24,7 +24,6 @@ from theorylab.data import (
     digits,
     gaussian_mixture,
     gaussian_two_class,
-    teacher_tree_images,
 )
 
 # Split / digits ------------------------------------------------------------------------------------
@@ -489,36 +488,6 @@ def test_gaussian_mixture_zero_separation_puts_all_class_means_at_the_origin():
 def test_gaussian_mixture_rejects_bad_arguments_with_value_error(args):
     with pytest.raises(ValueError):
         gaussian_mixture(*args)
-
-
-# teacher_tree_images -------------------------------------------------------------------------------------------------
-
-
-def test_teacher_tree_images_shapes_binary_labels_and_balance():
-    n = 1000
-    x, y = teacher_tree_images(n, size=8, channels=2, seed=0, teacher_seed=0, n_reference=1000)
-    assert x.shape == (n, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert set(y.tolist()) <= {0, 1}
-    # labels split at the reference median: the fraction of ones is 1/2 up to the binomial error of the sample
-    # and of the median's quantile (each SE sqrt(1/4/1000)); 5 combined standard errors
-    assert abs(float(y.float().mean()) - 0.5) < 5 * math.sqrt(2 * 0.25 / 1000)
-
-
-def test_teacher_tree_images_images_depend_on_seed_and_labels_on_teacher_seed():
-    x0, y0 = teacher_tree_images(200, channels=2, seed=0, teacher_seed=0, n_reference=500)
-    x1, y1 = teacher_tree_images(200, channels=2, seed=0, teacher_seed=1, n_reference=500)
-    x2, _ = teacher_tree_images(200, channels=2, seed=1, teacher_seed=0, n_reference=500)
-    again = teacher_tree_images(200, channels=2, seed=0, teacher_seed=0, n_reference=500)
-    assert torch.equal(x0, again[0]) and torch.equal(y0, again[1])
-    assert torch.equal(x0, x1) and not torch.equal(y0, y1)
-    assert not torch.equal(x0, x2)
-    # pixels are i.i.d. N(0, 1): mean of 12800 has SE 1/sqrt(12800), allow 5
-    assert abs(float(x0.mean())) < 5 / math.sqrt(x0.numel())
-
-
-def test_teacher_tree_images_rejects_non_positive_count_with_value_error():
-    with pytest.raises(ValueError):
-        teacher_tree_images(0)
 
 
 def test_enumerated_language_has_no_duplicates():

@@ -588,11 +588,29 @@ def depth_report(summary: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def teacher_tree_images(n: int, size: int = 8, channels: int = 4, seed: int = 0, teacher_seed: int = 0,
+                        n_reference: int = 20_000) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Images of i.i.d. :math:`N(0,1)` pixels (``1 x size x size``) labelled by a bias-free tree teacher (2x2
+    stride-2 convolutions with ``channels`` channels and Gaussian weights, scalar output):
+    :math:`y=\mathbf 1[f^*(x)>\text{median}]`, the median over ``n_reference`` images of the same teacher."""
+    if n < 1:
+        raise ValueError(f"n: got {n}, expected a positive number of images")
+    generator = torch.Generator().manual_seed(teacher_seed)
+    teacher = sparse_cnn("tree", channels, 1, size)
+    with torch.no_grad():
+        for layer in teacher.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator))
+        reference = torch.randn((n_reference, 1, size, size), generator=generator)
+        threshold = teacher(reference).median()
+        x = torch.randn((n, 1, size, size), generator=torch.Generator().manual_seed(seed))
+        y = (teacher(x)[:, 0] > threshold).long()
+    return x, y
+
+
 def teacher_samples(seed: int):
     """``teacher(n, k)``: the ``k``-th training set of ``n`` teacher-labelled images
-    (:func:`theorylab.data.teacher_tree_images` with seed ``seed + n + 7919 k``)."""
-    from .data import teacher_tree_images
-
+    (:func:`teacher_tree_images` with seed ``seed + n + 7919 k``)."""
     return lambda n, k=0: teacher_tree_images(n, seed=seed + n + 7919 * k)
 
 

@@ -133,7 +133,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "grid_size": Param(int, 0, 5, "points per axis of the (batch, learning rate) grid; 0 skips it",
                                minimum=0),
         },
-        ci_seconds=60,
+        ci_seconds=80,
         full_minutes=240,
         full_note="6.7x longer runs, 5 seeds per setting, a 5x5 (batch, rate) grid per weight decay under both "
                   "protocols (estimated, not run)",
@@ -221,7 +221,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "transformer_layers": Param(int, 2, 4, "blocks of the small transformer", minimum=1),
             "vision_steps": Param(int, 0, 20_000, "SGD steps of each convolutional run; 0 skips them", minimum=0),
         },
-        ci_seconds=75,
+        ci_seconds=85,
         full_minutes=25,
         full_note="five times longer training, the tanh sweep, convolutional networks on 32x32 class images, a "
                   "4-block transformer, 100 null draws, 1,000 bootstraps; estimated from ci timings, never run on "

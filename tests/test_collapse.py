@@ -250,3 +250,16 @@ def test_two_layer_network_at_initialisation_matches_the_nngp_and_training_colla
     assert start["init"] == pytest.approx(co.kernel_nc1(co.nngp_kernel(x, "erf"), y), rel=0.05)
     trained = co.train_two_layer(x, y, width=256, steps=100, lr=1.0)
     assert trained["accuracy"] == 1.0 and trained["trained"] < trained["init"]
+
+
+def test_tables_mark_measured_numbers_and_keep_quoted_ones_exact():
+    row = {"target CDNV": 0.1234, "accuracy": 0.9, "T1": 0.5}
+    table = co.transfer_table({5: row}, {"target CDNV": ".3f", "train CDNV": ".3f"})
+    assert "≈0.123" in table and "nan" in table
+    study = {"rows": [{"m": m, "T2": 1.0 / m, "error": 0.03} for m in (50, 100, 500)], "V": 1.4,
+             "directional": 0.071, "T2 limit": 0.28, "exact": 0.0304}
+    paper = {"V": 1.67, "directional": 0.073, "T2": {50: 0.94, 100: 0.57, 500: 0.29}, "T2 limit": 0.22,
+             "error": "~0.05"}
+    lines = co.directional_table({(0.8, 0.3): study}, paper).splitlines()
+    assert lines[1].split()[-5:] == ["0.94", "0.57", "0.29", "0.22", "~0.05"]
+    assert "0.94" in lines[1] and "≈" not in lines[1] and "≈0.02 " in lines[2] and lines[2].endswith("0.030")

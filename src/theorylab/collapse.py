@@ -557,8 +557,9 @@ def transfer_row(features: np.ndarray, labels: np.ndarray, *, pool: int = 60, ep
     many = min(len(f) for f in per_class) - 60
     pair_many = pairwise_ncc_error(per_class, many, 60, 2, seed=seed + 5)
     directional = directional_cdnv_matrix(moments)
-    pair_bounds = np.array([[ncc_pair_bound(moments, i, j, 5) if ncc_pair_margin(moments, i, j, 5) > 0 else 1.0
-                             for j in range(len(classes))] for i in range(len(classes))])
+    pair_bounds = np.zeros((len(classes), len(classes)))
+    for i, j in _pairs(moments):
+        pair_bounds[i, j] = ncc_pair_bound(moments, i, j, 5) if ncc_pair_margin(moments, i, j, 5) > 0 else 1.0
     return {"target CDNV": cdnv(features, labels), "directional": directional_cdnv(features, labels),
             "NC1 trace": nc1(features, labels), "NC1 papyan": nc1(features, labels, "papyan"),
             "accuracy": 1 - error, "error": error, "se": se, "T1": ncc_bound(moments, 5, ways=5),
@@ -601,7 +602,8 @@ def gaussian_study(s_par: float, s_perp: float, shots: list[int], *, episodes: i
     r"""Two classes :math:`N(\mp1.5e_1,\mathrm{diag}(\sigma_\parallel^2,\sigma_\perp^2,\dots))` in ``dim``
     dimensions. Moments from ``samples`` draws per class; per shot count :math:`m`: the Monte Carlo NCC error
     (:func:`fewshot_error`, 2-way, 100 queries per class), the semi-analytic error
-    (:func:`gaussian_ncc_error`), T1 and T2 (:math:`m\ge10`). Also the exact many-shot error
+    (:func:`gaussian_ncc_error`), their distance ``z`` in combined standard errors, T1 and T2
+    (:math:`m\ge10`). Also the exact many-shot error
     :math:`\Phi(-\frac{1.5}{\sigma_\parallel})`, T1's and T2's many-shot limits, the CDNV (GGH) and V."""
     rng = np.random.default_rng(seed)
     scale = np.full(dim, s_perp)
@@ -615,6 +617,7 @@ def gaussian_study(s_par: float, s_perp: float, shots: list[int], *, episodes: i
         error, se = fewshot_error(classes, 2, m, 100, episodes, seed=seed + m)
         exact, exact_se = gaussian_ncc_error(-centre, centre, scale, m, seed=seed + 7 * m)
         rows.append({"m": m, "error": error, "se": se, "semi-analytic": exact, "semi-analytic se": exact_se,
+                     "z": abs(error - exact) / math.hypot(se, exact_se),
                      "T1": ncc_bound(moments, m), "T2": directional_bound_paper(moments, m) if m >= 10 else math.nan})
     return {"rows": rows, "cdnv": cdnv(features, labels), "V": cdnv(features, labels, "directional"),
             "directional": float(off_diagonal(directional_cdnv_matrix(moments)).mean()),
@@ -651,3 +654,68 @@ def kernel_study(dimensions: list[int], points: int, *, seed: int = 0) -> dict:
             out[activation, "NNGP", d0] = kernel_nc1(nngp_kernel(x, activation), y)
             out[activation, "NTK", d0] = kernel_nc1(ntk_kernel(x, activation), y)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures of the chapter
+
+TRANSFER_COLUMNS = {"train CDNV": ".3f", "test CDNV": ".3f", "target CDNV": ".3f", "directional": ".3f",
+                    "NC1 trace": ".3f", "accuracy": ".3f", "T1": ".3f", "CDNV bound": ".2f"}
+
+
+def transfer_table(rows: dict, columns: dict[str, str] = TRANSFER_COLUMNS, width: int = 11) -> str:
+    """One line per entry of ``rows`` (name -> :func:`transfer_row` dict), measured numbers marked with
+    :func:`theorylab.runtime.measured`; a missing entry prints ``nan``."""
+    from .runtime import measured
+
+    lines = [f"{'source classes':>14s} " + " ".join(f"{k:>{width}s}" for k in columns)]
+    for name, row in rows.items():
+        cells = [(measured(row[k], spec) if k in row else "nan").rjust(width) for k, spec in columns.items()]
+        lines.append(f"{name!s:>14s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def gaussian_line(s_par: float, s_perp: float, study: dict, every: int = 2, start: int = 2) -> str:
+    """A summary line of :func:`gaussian_study`: the exact many-shot error (exact, unmarked), the two
+    limits and error, T1, T2 at every ``every``-th shot count from ``start`` (measured, marked)."""
+    cells = " ".join(f"m={r['m']}: err ≈{r['error']:.3f} T1 ≈{r['T1']:.3f} T2 ≈{r['T2']:.2f}"
+                     for r in study["rows"][start::every])
+    return (f"sigma_par {s_par}, sigma_perp {s_perp}: exact many-shot error {study['exact']:.3f}; "
+            f"limits T1 ≈{study['T1 limit']:.3f}, T2 ≈{study['T2 limit']:.3f}; {cells}")
+
+
+def directional_table(studies: dict, paper: dict, shots=(50, 100, 500)) -> str:
+    """The directional-CDNV paper's table format: V, directional CDNV, T2 at ``shots`` and at infinity, and
+    the error, for ``paper`` (quoted numbers) and for each :func:`gaussian_study` (measured, marked; the
+    error at the first shot count and the exact many-shot error)."""
+    from .runtime import measured
+
+    head = f"{'':>24s} {'V':>6s} {'Vtilde':>7s}" + "".join(f" {f'T2 m={m}':>9s}" for m in shots)
+    lines = [head + f" {'T2 inf':>7s} {f'err m={shots[0]}':>10s} {'err inf':>7s}"]
+    lines.append(f"{'paper, MAE mini-ImageNet':>24s} {paper['V']:6.2f} {paper['directional']:7.3f}"
+                 + "".join(f" {paper['T2'][m]:9.2f}" for m in shots)
+                 + f" {paper['T2 limit']:7.2f} {paper['error']:>10s} {'':>7s}")
+    for (s_par, s_perp), g in studies.items():
+        t2 = {r["m"]: r["T2"] for r in g["rows"]}
+        error = {r["m"]: r["error"] for r in g["rows"]}[shots[0]]
+        lines.append(f"{f'Gaussian {s_par}, {s_perp}':>24s} {measured(g['V'], '.2f'):>6s} "
+                     f"{measured(g['directional'], '.3f'):>7s}"
+                     + "".join(f" {measured(t2[m], '.2f'):>9s}" for m in shots)
+                     + f" {measured(g['T2 limit'], '.2f'):>7s} {measured(error, '.3f'):>10s} {g['exact']:7.3f}")
+    return "\n".join(lines)
+
+
+def plot_bounds_against_shots(ax, study: dict, palette) -> None:
+    """Draw one :func:`gaussian_study` on ``ax``: Monte Carlo error (3 SE bars), semi-analytic error, T1, T2,
+    the two many-shot limits (dotted) and the exact many-shot error (dash-dotted), log-log."""
+    shots = [r["m"] for r in study["rows"]]
+    column = lambda name: [r[name] for r in study["rows"]]
+    ax.errorbar(shots, column("error"), yerr=[3 * s for s in column("se")], fmt="o", color=palette[0],
+                label="NCC error (MC)")
+    ax.plot(shots, column("semi-analytic"), "-", color="0.5", label="NCC error (semi-analytic)")
+    ax.plot(shots, column("T1"), "s-", color=palette[1], label="T1 (ours)")
+    ax.plot(shots, column("T2"), "^-", color=palette[2], label="T2 (paper)")
+    ax.axhline(study["T1 limit"], color=palette[1], linestyle=":", label="T1 limit")
+    ax.axhline(study["T2 limit"], color=palette[2], linestyle=":", label="T2 limit")
+    ax.axhline(study["exact"], color="k", linestyle="-.", label="exact many-shot error")
+    ax.set(xscale="log", yscale="log", xlabel="shots m")

@@ -242,6 +242,47 @@ def test_contrastive_pair_trains_the_nscl_encoder_on_the_nscl_loss():
         co.train_contrastive(make(), population, population.draw_classes(2), steps=1, batch=4, loss="scl")
 
 
+def test_train_contrastive_reports_the_exact_finite_batch_equal_similarity_gap():
+    """At C = 64 with 256 samples (4 per class) the equal-similarity gap is log(1 + 3/252), not the
+    asymptotic log(64/63); the old history had no such entry and the chapter used the asymptote."""
+    population = ClassPopulation(seed=0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(64, 8))
+    history = co.train_contrastive(make(), population, population.draw_classes(64, seed=1), steps=1,
+                                   batch=256, eval_every=1, seed=0)
+    assert history[-1]["equal"] == pytest.approx(math.log1p(3 / 252), rel=1e-12)
+    assert abs(history[-1]["equal"] - math.log(64 / 63)) > 0.003
+
+
+def test_calibration_summary_on_hand_made_runs():
+    """Two runs with values worked out by hand (new function: the chapter quoted these from memory)."""
+    leaf = lambda *values: {"runs": list(values)}
+    metrics = {"transfer.raw.accuracy": leaf(0.6, 0.7)}
+    for ell, acc, nc1 in ((5, (0.65, 0.71), (0.4, 0.3)), (20, (0.9, 0.9), (0.3, 0.35)),
+                          (100, (0.95, 0.96), (0.35, 0.2))):
+        metrics[f"transfer.results.{ell}.accuracy"] = leaf(*acc)
+        metrics[f"transfer.results.{ell}.NC1 trace"] = leaf(*nc1)
+    for k, v in enumerate((1.9, 1.2, 1.1)):
+        metrics[f"transfer.test_over_train[{k}]"] = leaf(v, 1.0)
+    for d0 in (8, 32, 128):
+        metrics |= {f"trained_two_layer.nc1.{d0}": leaf(0.05, 0.04),
+                    f"trained_two_layer.init.{d0}": leaf(0.1, 0.08),
+                    f"trained_two_layer.over_nngp.{d0}": leaf(0.5, 0.5)}
+    out = co.calibration_summary({"metrics": metrics})
+    assert out["cal_runs"] == 2 and out["cal_test_train_max"] == 1.9
+    assert out["acc_margin_min"] == pytest.approx(0.01)
+    assert out["nc1_low_at_20"] == 1  # run 0: 0.3 < 0.4, 0.35; run 1: 0.35 > 0.2
+    assert out["init_over_nngp_min"] == pytest.approx(1.0) and out["init_over_nngp_max"] == pytest.approx(1.0)
+    assert out["trained_over_init_max"] == pytest.approx(0.5)
+
+
+def test_directional_table_without_the_paper_row():
+    """The quoted paper row is optional (the old function required it)."""
+    study = {"rows": [{"m": m, "T2": 1.0 / m, "error": 0.03} for m in (50, 100, 500)], "V": 1.4,
+             "directional": 0.071, "T2 limit": 0.28, "exact": 0.0304}
+    lines = co.directional_table({(0.8, 0.3): study}).splitlines()
+    assert len(lines) == 2 and "paper" not in "".join(lines) and lines[1].endswith("0.030")
+
+
 def test_two_layer_network_at_initialisation_matches_the_nngp_and_training_collapses():
     """Zero steps: hidden-feature NC1 of 4,000 random erf features ~ kernel NC1 of the NNGP (Monte Carlo);
     training on separable classes lowers it."""

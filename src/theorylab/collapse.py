@@ -448,7 +448,8 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
     temperature ``tau`` (Adam), on fresh pairs of
     views of ``batch`` samples per step drawn from ``classes`` of ``population``; every ``eval_every`` steps
     (and at the start and end) both losses and their gap are recorded at ``eval_tau`` on one fixed
-    labelled batch, next to T4's bound for its labels."""
+    labelled batch, next to T4's bound for its labels (``bound``) and the exact equal-similarity gap of
+    :func:`equal_similarity_gap` for the same finite batch (``equal``)."""
     if loss not in ("dcl", "nscl"):
         raise ValueError(f"loss: got {loss!r}, expected 'dcl' or 'nscl'")
     if steps < 1 or batch < 2 or eval_every < 1:
@@ -458,6 +459,7 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
     fixed1, fixed2 = torch.from_numpy(fixed1), torch.from_numpy(fixed2)
     fixed_labels = torch.from_numpy(fixed_labels)
     bound = dcl_nscl_gap_bound(fixed_labels.numpy(), eval_tau)
+    equal = equal_similarity_gap(fixed_labels.numpy())
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     history = []
 
@@ -465,7 +467,8 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
         with torch.no_grad():
             z1, z2 = encoder(fixed1), encoder(fixed2)
             dcl, nscl = float(dcl_loss(z1, z2, eval_tau)), float(nscl_loss(z1, z2, fixed_labels, eval_tau))
-        history.append({"step": step, "dcl": dcl, "nscl": nscl, "gap": dcl - nscl, "bound": bound})
+        history.append({"step": step, "dcl": dcl, "nscl": nscl, "gap": dcl - nscl, "bound": bound,
+                        "equal": equal})
 
     for step in range(steps):
         if step % eval_every == 0:
@@ -684,17 +687,18 @@ def gaussian_line(s_par: float, s_perp: float, study: dict, every: int = 2, star
             f"limits T1 ≈{study['T1 limit']:.3f}, T2 ≈{study['T2 limit']:.3f}; {cells}")
 
 
-def directional_table(studies: dict, paper: dict, shots=(50, 100, 500)) -> str:
+def directional_table(studies: dict, paper: dict | None = None, shots=(50, 100, 500)) -> str:
     """The directional-CDNV paper's table format: V, directional CDNV, T2 at ``shots`` and at infinity, and
-    the error, for ``paper`` (quoted numbers) and for each :func:`gaussian_study` (measured, marked; the
+    the error, for ``paper`` (quoted numbers; no row if None) and for each :func:`gaussian_study` (measured, marked; the
     error at the first shot count and the exact many-shot error)."""
     from .runtime import measured
 
     head = f"{'':>24s} {'V':>6s} {'Vtilde':>7s}" + "".join(f" {f'T2 m={m}':>9s}" for m in shots)
     lines = [head + f" {'T2 inf':>7s} {f'err m={shots[0]}':>10s} {'err inf':>7s}"]
-    lines.append(f"{'paper, MAE mini-ImageNet':>24s} {paper['V']:6.2f} {paper['directional']:7.3f}"
-                 + "".join(f" {paper['T2'][m]:9.2f}" for m in shots)
-                 + f" {paper['T2 limit']:7.2f} {paper['error']:>10s} {'':>7s}")
+    if paper is not None:
+        lines.append(f"{'paper, MAE mini-ImageNet':>24s} {paper['V']:6.2f} {paper['directional']:7.3f}"
+                     + "".join(f" {paper['T2'][m]:9.2f}" for m in shots)
+                     + f" {paper['T2 limit']:7.2f} {paper['error']:>10s} {'':>7s}")
     for (s_par, s_perp), g in studies.items():
         t2 = {r["m"]: r["T2"] for r in g["rows"]}
         error = {r["m"]: r["error"] for r in g["rows"]}[shots[0]]
@@ -703,6 +707,32 @@ def directional_table(studies: dict, paper: dict, shots=(50, 100, 500)) -> str:
                      + "".join(f" {measured(t2[m], '.2f'):>9s}" for m in shots)
                      + f" {measured(g['T2 limit'], '.2f'):>7s} {measured(error, '.3f'):>10s} {g['exact']:7.3f}")
     return "\n".join(lines)
+
+
+def calibration_summary(baseline: dict, ells=(5, 20, 100), dims=(8, 32, 128)) -> dict[str, float]:
+    r"""Numbers the chapter quotes from its calibration runs (``baseline["metrics"][leaf]["runs"]``, one value
+    per run, in the same run order for every leaf): ``cal_runs``; the largest test/train source CDNV ratio
+    (``cal_test_train_max``); the smallest accuracy margin of an encoder over the raw inputs in one run
+    (``acc_margin_min``); in how many runs target NC1 is lowest at the middle number of source classes
+    (``nc1_low_at_20``); the range of the two-layer network's NC1 at initialisation over the NNGP's,
+    :math:`\text{init}\cdot\text{over\_nngp}/\text{nc1}` (``init_over_nngp_min``/``_max``); and the largest
+    trained/initial NC1 (``trained_over_init_max``)."""
+    metrics = baseline["metrics"]
+    runs = lambda leaf: np.asarray(metrics[leaf]["runs"], dtype=float)
+    result = lambda ell, key: runs(f"transfer.results.{ell}.{key}")
+    layer = lambda key, d0: runs(f"trained_two_layer.{key}.{d0}")
+    raw = runs("transfer.raw.accuracy")
+    nc1 = [result(ell, "NC1 trace") for ell in ells]
+    init_over_nngp = np.concatenate([layer("init", d) * layer("over_nngp", d) / layer("nc1", d) for d in dims])
+    return {
+        "cal_runs": float(raw.size),
+        "cal_test_train_max": float(max(runs(f"transfer.test_over_train[{k}]").max() for k in range(len(ells)))),
+        "acc_margin_min": float(min((result(ell, "accuracy") - raw).min() for ell in ells)),
+        "nc1_low_at_20": float(np.sum((nc1[1] < nc1[0]) & (nc1[1] < nc1[2]))),
+        "init_over_nngp_min": float(init_over_nngp.min()),
+        "init_over_nngp_max": float(init_over_nngp.max()),
+        "trained_over_init_max": float(max((layer("nc1", d) / layer("init", d)).max() for d in dims)),
+    }
 
 
 def plot_bounds_against_shots(ax, study: dict, palette) -> None:

@@ -157,3 +157,150 @@ def test_population_views_share_content_and_two_class_data_is_balanced():
     assert v1.shape == v2.shape == (12, 64) and not np.allclose(v1, v2)
     x, y = gaussian_two_class(10, 8, seed=0)
     assert x.shape == (20, 8) and (y == 0).sum() == 10 and x[y == 0].mean() < 0 < x[y == 1].mean()
+
+
+def test_many_shot_limits_of_t1_and_t2_differ_as_in_closed_form():
+    """Isotropic-free check: with two 1-D Gaussian classes at distance d and variance s^2, Vtilde = s^2/d^2, so
+    T1 -> 4Vt/(1+4Vt) and T2 -> 4Vt; the old chapter drew 4Vt as the limit of both."""
+    x, y = gaussian_classes([np.zeros(3), np.r_[3.0, 0.0, 0.0]], 0.8, 50_000, seed=7)
+    moments = co.class_moments(x, y)
+    vt = 0.8**2 / 9
+    assert co.ncc_limit_bound(moments) == pytest.approx(4 * vt / (1 + 4 * vt), rel=0.02)
+    assert co.directional_limit(moments) == pytest.approx(4 * vt, rel=0.02)
+    assert co.ncc_pair_bound(moments, 0, 1, 10**9) == pytest.approx(co.ncc_limit_bound(moments), rel=1e-3)
+    assert co.directional_bound_paper(moments, 10**9) == pytest.approx(co.directional_limit(moments), rel=1e-3)
+    assert co.ncc_limit_bound(moments) < 0.8 * co.directional_limit(moments)
+
+
+def test_gaussian_ncc_error_matches_normal_cdf_and_brute_force_episodes():
+    """Exact centres: Phi(-d / (2 sigma_par)) from scipy; finite shots: plain Monte Carlo episodes."""
+    from scipy.stats import norm
+
+    scale = np.r_[0.8, np.full(15, 0.6)]
+    mean = np.r_[1.5, np.zeros(15)]
+    assert co.gaussian_ncc_error(-mean, mean, scale)[0] == pytest.approx(norm.cdf(-1.5 / 0.8), rel=1e-12)
+    rng = np.random.default_rng(8)
+    classes = [rng.normal(size=(20_000, 16)) * scale + sign * mean for sign in (-1, 1)]
+    for shots in (2, 10):
+        semi, semi_se = co.gaussian_ncc_error(-mean, mean, scale, shots, draws=20_000, seed=shots)
+        error, se = co.fewshot_error(classes, 2, shots, 100, 1500, seed=shots)
+        assert abs(error - semi) < 4 * math.hypot(se, semi_se)
+    assert co.gaussian_ncc_error(-mean, mean, scale, 2)[0] > co.gaussian_ncc_error(-mean, mean, scale)[0] + 0.01
+    with pytest.raises(ValueError, match="scale positive"):
+        co.gaussian_ncc_error(-mean, mean, -scale)
+
+
+def test_pairwise_ncc_error_matches_two_way_episodes_and_the_gaussian_formula():
+    """Three 4-D Gaussian classes on a line: E[0,1] and E[1,0] against the semi-analytic 2-way error, E[0,2]
+    (twice as far) against the same formula, and the mean of E[0,1], E[1,0] against fewshot_error on the pair."""
+    scale = np.full(4, 1.0)
+    means = [np.zeros(4), np.r_[2.0, 0, 0, 0], np.r_[4.0, 0, 0, 0]]
+    rng = np.random.default_rng(9)
+    classes = [m + rng.normal(size=(3000, 4)) * scale for m in means]
+    E = co.pairwise_ncc_error(classes, 5, 200, 300, seed=1)
+    assert np.all(np.diag(E) == 0)
+    near = co.gaussian_ncc_error(means[0], means[1], scale, 5, seed=2)[0]
+    far = co.gaussian_ncc_error(means[0], means[2], scale, 5, seed=3)[0]
+    assert E[0, 1] == pytest.approx(near, abs=0.01) and E[1, 0] == pytest.approx(near, abs=0.01)
+    assert E[0, 2] == pytest.approx(far, abs=0.005)
+    two_way, se = co.fewshot_error(classes[:2], 2, 5, 200, 300, seed=4)
+    assert (E[0, 1] + E[1, 0]) / 2 == pytest.approx(two_way, abs=4 * se + 0.005)
+
+
+def test_rank_correlation_and_off_diagonal_against_hand_values():
+    assert co.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert co.rank_correlation([1, 2, 3, 4], [4, 1, 0, -5]) == pytest.approx(-1.0)
+    # ranks (1, 2, 3, 4) and (2, 1, 4, 3): Spearman 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 60
+    assert co.rank_correlation([1, 2, 3, 4], [5, 1, 9, 7]) == pytest.approx(0.6)
+    assert co.off_diagonal(np.arange(9).reshape(3, 3)).tolist() == [1, 2, 3, 5, 6, 7]
+
+
+def test_linear_cka_is_one_under_rotation_and_scaling_and_small_for_independent_features():
+    rng = np.random.default_rng(10)
+    A = rng.normal(size=(500, 8))
+    Q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert co.linear_cka(A, 3 * A @ Q + 1.0) == pytest.approx(1.0)
+    assert co.linear_cka(A, rng.normal(size=(500, 8))) < 0.05
+    # one shared direction out of two equal-variance ones: CKA = 1 / 2 (closed form for this construction)
+    A2 = rng.normal(size=(20_000, 2))
+    B = np.c_[A2[:, 0], rng.normal(size=20_000)]
+    assert co.linear_cka(A2, B) == pytest.approx(0.5, abs=0.02)
+
+
+def test_contrastive_pair_trains_the_nscl_encoder_on_the_nscl_loss():
+    """With one sample per class NSCL = DCL, so the two encoders must coincide (CKA 1); with many per class they
+    must differ. The old train_contrastive had no NSCL mode."""
+    population = ClassPopulation(seed=0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(64, 16))
+    same = co.contrastive_pair(make, population, population.draw_classes(16, seed=1), steps=5, batch=16,
+                               eval_every=5, seed=0)
+    assert same["cka"] == pytest.approx(1.0, abs=1e-9)
+    differ = co.contrastive_pair(make, population, population.draw_classes(2, seed=1), steps=30, batch=64,
+                                 eval_every=10, seed=0)
+    assert differ["cka"] < 1 - 1e-6
+    with pytest.raises(ValueError, match="loss"):
+        co.train_contrastive(make(), population, population.draw_classes(2), steps=1, batch=4, loss="scl")
+
+
+def test_train_contrastive_reports_the_exact_finite_batch_equal_similarity_gap():
+    """At C = 64 with 256 samples (4 per class) the equal-similarity gap is log(1 + 3/252), not the
+    asymptotic log(64/63); the old history had no such entry and the chapter used the asymptote."""
+    population = ClassPopulation(seed=0)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(64, 8))
+    history = co.train_contrastive(make(), population, population.draw_classes(64, seed=1), steps=1,
+                                   batch=256, eval_every=1, seed=0)
+    assert history[-1]["equal"] == pytest.approx(math.log1p(3 / 252), rel=1e-12)
+    assert abs(history[-1]["equal"] - math.log(64 / 63)) > 0.003
+
+
+def test_calibration_summary_on_hand_made_runs():
+    """Two runs with values worked out by hand (new function: the chapter quoted these from memory)."""
+    leaf = lambda *values: {"runs": list(values)}
+    metrics = {"transfer.raw.accuracy": leaf(0.6, 0.7)}
+    for ell, acc, nc1 in ((5, (0.65, 0.71), (0.4, 0.3)), (20, (0.9, 0.9), (0.3, 0.35)),
+                          (100, (0.95, 0.96), (0.35, 0.2))):
+        metrics[f"transfer.results.{ell}.accuracy"] = leaf(*acc)
+        metrics[f"transfer.results.{ell}.NC1 trace"] = leaf(*nc1)
+    for k, v in enumerate((1.9, 1.2, 1.1)):
+        metrics[f"transfer.test_over_train[{k}]"] = leaf(v, 1.0)
+    for d0 in (8, 32, 128):
+        metrics |= {f"trained_two_layer.nc1.{d0}": leaf(0.05, 0.04),
+                    f"trained_two_layer.init.{d0}": leaf(0.1, 0.08),
+                    f"trained_two_layer.over_nngp.{d0}": leaf(0.5, 0.5)}
+    out = co.calibration_summary({"metrics": metrics})
+    assert out["cal_runs"] == 2 and out["cal_test_train_max"] == 1.9
+    assert out["acc_margin_min"] == pytest.approx(0.01)
+    assert out["nc1_low_at_20"] == 1  # run 0: 0.3 < 0.4, 0.35; run 1: 0.35 > 0.2
+    assert out["init_over_nngp_min"] == pytest.approx(1.0) and out["init_over_nngp_max"] == pytest.approx(1.0)
+    assert out["trained_over_init_max"] == pytest.approx(0.5)
+
+
+def test_directional_table_without_the_paper_row():
+    """The quoted paper row is optional (the old function required it)."""
+    study = {"rows": [{"m": m, "T2": 1.0 / m, "error": 0.03} for m in (50, 100, 500)], "V": 1.4,
+             "directional": 0.071, "T2 limit": 0.28, "exact": 0.0304}
+    lines = co.directional_table({(0.8, 0.3): study}).splitlines()
+    assert len(lines) == 2 and "paper" not in "".join(lines) and lines[1].endswith("0.030")
+
+
+def test_two_layer_network_at_initialisation_matches_the_nngp_and_training_collapses():
+    """Zero steps: hidden-feature NC1 of 4,000 random erf features ~ kernel NC1 of the NNGP (Monte Carlo);
+    training on separable classes lowers it."""
+    x, y = gaussian_two_class(64, 8, seed=0)
+    start = co.train_two_layer(x, y, width=4000, steps=0)
+    assert start["init"] == pytest.approx(co.kernel_nc1(co.nngp_kernel(x, "erf"), y), rel=0.05)
+    trained = co.train_two_layer(x, y, width=256, steps=100, lr=1.0)
+    assert trained["accuracy"] == 1.0 and trained["trained"] < trained["init"]
+
+
+def test_tables_mark_measured_numbers_and_keep_quoted_ones_exact():
+    row = {"target CDNV": 0.1234, "accuracy": 0.9, "T1": 0.5}
+    table = co.transfer_table({5: row}, {"target CDNV": ".3f", "train CDNV": ".3f"})
+    assert "≈0.123" in table and "nan" in table
+    study = {"rows": [{"m": m, "T2": 1.0 / m, "error": 0.03} for m in (50, 100, 500)], "V": 1.4,
+             "directional": 0.071, "T2 limit": 0.28, "exact": 0.0304}
+    paper = {"V": 1.67, "directional": 0.073, "T2": {50: 0.94, 100: 0.57, 500: 0.29}, "T2 limit": 0.22,
+             "error": "~0.05"}
+    lines = co.directional_table({(0.8, 0.3): study}, paper).splitlines()
+    assert lines[1].split()[-5:] == ["0.94", "0.57", "0.29", "0.22", "~0.05"]
+    assert "0.94" in lines[1] and "≈" not in lines[1] and "≈0.02 " in lines[2] and lines[2].endswith("0.030")

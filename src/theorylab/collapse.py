@@ -221,6 +221,111 @@ def ncc_trivial_pairs(moments: ClassMoments, shots: int) -> int:
     return sum(ncc_pair_margin(moments, i, j, shots) <= 0 for i, j in _pairs(moments))
 
 
+def ncc_limit_bound(moments: ClassMoments, ways: int | None = None) -> float:
+    r"""T1's many-shot limit: :math:`(k-1)\,\mathrm{Avg}_{i\ne j}\frac{4\tilde V_{ij}}{1+4\tilde V_{ij}}` over
+    ordered pairs, with :math:`k` = ``ways`` (default: all :math:`C` classes). T2 tends instead to
+    :math:`(k-1)\,\mathrm{Avg}_{i\ne j}4\tilde V_{ij}` (:func:`directional_limit`), which is larger."""
+    values = 4 * directional_cdnv_matrix(moments)
+    off = ~np.eye(len(values), dtype=bool)
+    ways = len(moments.classes) if ways is None else ways
+    return (ways - 1) * float((values[off] / (1 + values[off])).mean())
+
+
+def directional_limit(moments: ClassMoments, ways: int | None = None) -> float:
+    r"""T2's many-shot limit :math:`(k-1)\,\mathrm{Avg}_{i\ne j}4\tilde V_{ij}` over ordered pairs."""
+    values = 4 * directional_cdnv_matrix(moments)
+    off = ~np.eye(len(values), dtype=bool)
+    ways = len(moments.classes) if ways is None else ways
+    return (ways - 1) * float(values[off].mean())
+
+
+def _normal_cdf(z: np.ndarray | float) -> np.ndarray | float:
+    from scipy.special import ndtr
+
+    return ndtr(z)
+
+
+def gaussian_ncc_error(mean0, mean1, scale, shots: int | None = None, draws: int = 20_000,
+                       seed: int = 0) -> tuple[float, float]:
+    r"""Expected 2-way NCC error (balanced queries) for classes :math:`N(\mu_0,\mathrm{diag}\,s^2)` and
+    :math:`N(\mu_1,\mathrm{diag}\,s^2)`, and its Monte Carlo standard error.
+
+    With exact centres (``shots=None``) the rule splits space by the hyperplane through the midpoint
+    orthogonal to :math:`D=\mu_1-\mu_0`, so the error is :math:`\Phi\big(-\frac{\|D\|}{2\sqrt{u^\top\Sigma u}}\big)`,
+    :math:`u=D/\|D\|` (the Bayes error when the classes share :math:`\Sigma` and :math:`D` is an eigenvector).
+    With :math:`m` shots the centres are :math:`\hat\mu_c=\mu_c+s\odot g_c/\sqrt m`; given them a query of
+    class 0 is misclassified iff :math:`\langle f,w\rangle>c` with :math:`w=\hat\mu_1-\hat\mu_0`,
+    :math:`c=\frac12(\|\hat\mu_1\|^2-\|\hat\mu_0\|^2)`, which has probability
+    :math:`\Phi\big((\langle\mu_0,w\rangle-c)/\|s\odot w\|\big)` (class 1 symmetrically); this conditional
+    probability is averaged over ``draws`` draws of the centres."""
+    mean0, mean1, scale = (np.asarray(v, dtype=np.float64) for v in (mean0, mean1, scale))
+    if not mean0.shape == mean1.shape == scale.shape or mean0.ndim != 1 or np.any(scale <= 0):
+        raise ValueError("mean0, mean1 and scale must be vectors of one length, scale positive")
+    if shots is None:
+        D = mean1 - mean0
+        u = D / np.linalg.norm(D)
+        return float(_normal_cdf(-np.linalg.norm(D) / 2 / math.sqrt(float(u**2 @ scale**2)))), 0.0
+    if shots < 1 or draws < 2:
+        raise ValueError(f"need shots >= 1 and draws >= 2, got {shots}, {draws}")
+    rng = np.random.default_rng(seed)
+    c0 = mean0 + scale * rng.normal(size=(draws, mean0.size)) / math.sqrt(shots)
+    c1 = mean1 + scale * rng.normal(size=(draws, mean0.size)) / math.sqrt(shots)
+    w = c1 - c0
+    threshold = 0.5 * ((c1**2).sum(1) - (c0**2).sum(1))
+    spread = np.sqrt((scale**2 * w**2).sum(1))
+    errors = 0.5 * (_normal_cdf((w @ mean0 - threshold) / spread) + _normal_cdf((threshold - w @ mean1) / spread))
+    return float(errors.mean()), float(errors.std(ddof=1) / math.sqrt(draws))
+
+
+def pairwise_ncc_error(class_features: list[np.ndarray], shots: int, queries: int, episodes: int,
+                       seed: int = 0) -> np.ndarray:
+    r"""Matrix :math:`E_{ij}` of 2-way NCC errors :math:`\Pr[i\to j]`: the fraction of queries of class
+    :math:`i` nearer the ``shots``-shot centre of class :math:`j` than that of their own class, averaged over
+    ``episodes`` draws of disjoint support and query sets of every class (zero diagonal)."""
+    count = len(class_features)
+    if count < 2 or shots < 1 or queries < 1 or episodes < 1:
+        raise ValueError("need two classes and positive shots, queries, episodes")
+    if min(len(f) for f in class_features) < shots + queries:
+        raise ValueError(f"every class needs shots + queries = {shots + queries} samples")
+    rng = np.random.default_rng(seed)
+    total = np.zeros((count, count))
+    for _ in range(episodes):
+        picks = [f[rng.permutation(len(f))[: shots + queries]] for f in class_features]
+        centres = np.array([p[:shots].mean(axis=0) for p in picks])
+        query = np.stack([p[shots:] for p in picks])  # (classes, queries, dim)
+        distances = ((query[:, :, None, :] - centres[None, None]) ** 2).sum(axis=3)  # (i, q, j)
+        own = distances[np.arange(count), :, np.arange(count)]  # (i, q)
+        total += (distances < own[:, :, None]).mean(axis=1)
+    return total / episodes
+
+
+def rank_correlation(x, y) -> float:
+    r"""Spearman's rank correlation: Pearson's correlation of the ranks (ties get their mean rank)."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape or x.size < 3:
+        raise ValueError("rank_correlation needs two arrays of one size, at least 3")
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+def off_diagonal(matrix: np.ndarray) -> np.ndarray:
+    """The off-diagonal entries of a square matrix, row by row."""
+    matrix = np.asarray(matrix)
+    return matrix[~np.eye(len(matrix), dtype=bool)]
+
+
+def linear_cka(A, B) -> float:
+    r"""Linear CKA (Kornblith et al. 2019) of two feature matrices on the same rows:
+    :math:`\frac{\|B_c^\top A_c\|_F^2}{\|A_c^\top A_c\|_F\|B_c^\top B_c\|_F}` with column-centred :math:`A_c,B_c`;
+    1 for features equal up to rotation and isotropic scaling, 0 for orthogonal ones."""
+    A, B = np.asarray(A, dtype=np.float64), np.asarray(B, dtype=np.float64)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+        raise ValueError(f"linear_cka needs two (samples, dim) arrays with one row count, got {A.shape}, {B.shape}")
+    A, B = A - A.mean(axis=0), B - B.mean(axis=0)
+    return float(np.linalg.norm(B.T @ A) ** 2 / (np.linalg.norm(A.T @ A) * np.linalg.norm(B.T @ B)))
+
+
 def plain_cdnv_bound(moments: ClassMoments, ways: int | None = None) -> float:
     r"""The many-shot CDNV bound with our constants: :math:`4(k-1)\,\mathrm{Avg}_{i<j}V^{\rm GGH}_{ij}` for
     :math:`k` = ``ways`` (default: all :math:`C` classes), pairs averaged over all classes."""
@@ -338,11 +443,15 @@ def ntk_kernel(X: np.ndarray, activation: str = "relu") -> np.ndarray:
 
 def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray, *, steps: int, batch: int,
                       tau: float = 0.5, lr: float = 1e-3, eval_every: int = 50, eval_tau: float = 1.0,
-                      seed: int = 0) -> list[dict[str, float]]:
-    r"""SimCLR-style training of ``encoder`` with the DCL loss at temperature ``tau`` (Adam), on fresh pairs of
+                      seed: int = 0, loss: str = "dcl") -> list[dict[str, float]]:
+    r"""SimCLR-style training of ``encoder`` with the DCL loss (or ``loss="nscl"``, which uses the labels) at
+    temperature ``tau`` (Adam), on fresh pairs of
     views of ``batch`` samples per step drawn from ``classes`` of ``population``; every ``eval_every`` steps
     (and at the start and end) both losses and their gap are recorded at ``eval_tau`` on one fixed
-    labelled batch, next to T4's bound for its labels."""
+    labelled batch, next to T4's bound for its labels (``bound``) and the exact equal-similarity gap of
+    :func:`equal_similarity_gap` for the same finite batch (``equal``)."""
+    if loss not in ("dcl", "nscl"):
+        raise ValueError(f"loss: got {loss!r}, expected 'dcl' or 'nscl'")
     if steps < 1 or batch < 2 or eval_every < 1:
         raise ValueError(f"steps >= 1, batch >= 2 and eval_every >= 1 required, got {steps}, {batch}, {eval_every}")
     per_class = max(1, batch // len(classes))
@@ -350,6 +459,7 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
     fixed1, fixed2 = torch.from_numpy(fixed1), torch.from_numpy(fixed2)
     fixed_labels = torch.from_numpy(fixed_labels)
     bound = dcl_nscl_gap_bound(fixed_labels.numpy(), eval_tau)
+    equal = equal_similarity_gap(fixed_labels.numpy())
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     history = []
 
@@ -357,15 +467,285 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
         with torch.no_grad():
             z1, z2 = encoder(fixed1), encoder(fixed2)
             dcl, nscl = float(dcl_loss(z1, z2, eval_tau)), float(nscl_loss(z1, z2, fixed_labels, eval_tau))
-        history.append({"step": step, "dcl": dcl, "nscl": nscl, "gap": dcl - nscl, "bound": bound})
+        history.append({"step": step, "dcl": dcl, "nscl": nscl, "gap": dcl - nscl, "bound": bound,
+                        "equal": equal})
 
     for step in range(steps):
         if step % eval_every == 0:
             record(step)
-        v1, v2, _ = population.augment(classes, per_class, seed=seed + step)
-        loss = dcl_loss(encoder(torch.from_numpy(v1)), encoder(torch.from_numpy(v2)), tau)
+        v1, v2, labels = population.augment(classes, per_class, seed=seed + step)
+        z1, z2 = encoder(torch.from_numpy(v1)), encoder(torch.from_numpy(v2))
+        value = dcl_loss(z1, z2, tau) if loss == "dcl" else nscl_loss(z1, z2, torch.from_numpy(labels), tau)
         optimizer.zero_grad()
-        loss.backward()
+        value.backward()
         optimizer.step()
     record(steps)
     return history
+
+
+def contrastive_pair(make_encoder, population, classes: np.ndarray, *, steps: int, batch: int, tau: float = 0.5,
+                     eval_every: int = 50, seed: int = 0) -> dict:
+    r"""Train two encoders from one initialisation (``make_encoder()`` after ``torch.manual_seed(seed)``) on the
+    same sequence of batches, one with DCL and one with NSCL (:func:`train_contrastive`), and compare their
+    features on a fixed batch of 512 held-out samples with :func:`linear_cka`. Returns the DCL history
+    (``history``), the final NSCL-trained losses (``nscl history``), ``cka`` between the two trained
+    encoders and ``cka to init``, the DCL encoder's CKA with the untrained one (how far training moved it)."""
+    torch.manual_seed(seed)
+    dcl_encoder = make_encoder()
+    nscl_encoder, init_encoder = make_encoder(), make_encoder()
+    nscl_encoder.load_state_dict(dcl_encoder.state_dict())
+    init_encoder.load_state_dict(dcl_encoder.state_dict())
+    runs = {kind: train_contrastive(net, population, classes, steps=steps, batch=batch, tau=tau,
+                                    eval_every=eval_every, seed=seed, loss=kind)
+            for kind, net in (("dcl", dcl_encoder), ("nscl", nscl_encoder))}
+    probe, _, _ = population.augment(classes, max(1, 512 // len(classes)), seed=seed + 2 * 10**6)
+    with torch.no_grad():
+        features = {name: net(torch.from_numpy(probe)).double().numpy()
+                    for name, net in (("dcl", dcl_encoder), ("nscl", nscl_encoder), ("init", init_encoder))}
+    return {"history": runs["dcl"], "nscl history": runs["nscl"], "cka": linear_cka(features["dcl"], features["nscl"]),
+            "cka to init": linear_cka(features["dcl"], features["init"])}
+
+
+def train_two_layer(x: np.ndarray, labels: np.ndarray, *, width: int = 512, activation: str = "erf",
+                    steps: int = 500, lr: float = 0.5, seed: int = 0) -> dict[str, float]:
+    r"""Train :math:`x\mapsto a^\top\sigma(Wx)/\sqrt{\text{width}}` (two logits, :math:`W` Gaussian of variance
+    :math:`1/d_0`, the NNGP scaling of :func:`nngp_kernel`, no biases) by full-batch gradient descent on
+    cross-entropy, both layers, at rate ``lr``; returns the trace-ratio NC1 (:func:`nc1`) of the hidden
+    features :math:`\sigma(Wx)` before (``init``, a random-feature estimate of the NNGP's) and after
+    (``trained``) training, and the final training ``accuracy``."""
+    acts = {"erf": torch.erf, "relu": torch.relu}
+    if activation not in acts or width < 1 or steps < 0 or lr <= 0:
+        raise ValueError(f"activation in {list(acts)}, width >= 1, steps >= 0, lr > 0 required")
+    generator = torch.Generator().manual_seed(seed)
+    X, y = torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(np.asarray(labels)).long()
+    W = (torch.randn(X.shape[1], width, generator=generator, dtype=torch.float64) / math.sqrt(X.shape[1]))
+    a = torch.randn(width, 2, generator=generator, dtype=torch.float64)
+    W.requires_grad_(True)
+    a.requires_grad_(True)
+    sigma = acts[activation]
+    out = {"init": nc1(sigma(X @ W).detach().numpy(), labels)}
+    optimizer = torch.optim.SGD([W, a], lr=lr)
+    for _ in range(steps):
+        value = torch.nn.functional.cross_entropy(sigma(X @ W) @ a / math.sqrt(width), y)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        hidden = sigma(X @ W)
+        out["accuracy"] = float(((hidden @ a).argmax(1) == y).double().mean())
+    out["trained"] = nc1(hidden.numpy(), labels)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's experiments (loops kept out of the notebook)
+
+
+def transfer_row(features: np.ndarray, labels: np.ndarray, *, pool: int = 60, episodes: int = 100,
+                 pair_episodes: int = 20, seed: int = 0) -> dict:
+    r"""Everything the chapter measures on target-class features: the first ``pool`` samples of each class
+    feed the 5-way 5-shot episodes (:func:`fewshot_error`, 50 queries) and the 5-shot pairwise errors
+    (:func:`pairwise_ncc_error`); the remaining samples give the moments for T1 (:func:`ncc_bound`), its
+    many-shot limit, T2's limit and the plain CDNV bound, and the many-shot pairwise errors (centres from
+    all but 60 samples of a class, 60 queries). ``rho`` is Spearman's correlation over ordered target pairs
+    of :math:`\tilde V_{ij}` with the 5-shot pairwise error; ``rho T1`` that of T1's pair bound."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    per_class = [features[labels == c] for c in classes]
+    episode_pool = [f[:pool] for f in per_class]
+    moments = class_moments(np.concatenate([f[pool:] for f in per_class]),
+                            np.concatenate([np.full(len(f) - pool, c) for c, f in zip(classes, per_class, strict=True)]))
+    error, se = fewshot_error(episode_pool, 5, 5, 50, episodes, seed=seed + 3)
+    pair5 = pairwise_ncc_error(episode_pool, 5, pool - 5, pair_episodes, seed=seed + 4)
+    many = min(len(f) for f in per_class) - 60
+    pair_many = pairwise_ncc_error(per_class, many, 60, 2, seed=seed + 5)
+    directional = directional_cdnv_matrix(moments)
+    pair_bounds = np.zeros((len(classes), len(classes)))
+    for i, j in _pairs(moments):
+        pair_bounds[i, j] = ncc_pair_bound(moments, i, j, 5) if ncc_pair_margin(moments, i, j, 5) > 0 else 1.0
+    return {"target CDNV": cdnv(features, labels), "directional": directional_cdnv(features, labels),
+            "NC1 trace": nc1(features, labels), "NC1 papyan": nc1(features, labels, "papyan"),
+            "accuracy": 1 - error, "error": error, "se": se, "T1": ncc_bound(moments, 5, ways=5),
+            "T1 trivial pairs": ncc_trivial_pairs(moments, 5), "T1 limit": ncc_limit_bound(moments, ways=5),
+            "T2 limit": directional_limit(moments, ways=5), "CDNV bound": plain_cdnv_bound(moments, ways=5),
+            "pair error 5": float(off_diagonal(pair5).mean()), "pair error many": float(off_diagonal(pair_many).mean()),
+            "rho": rank_correlation(off_diagonal(directional), off_diagonal(pair5)),
+            "rho T1": rank_correlation(off_diagonal(pair_bounds), off_diagonal(pair5))}
+
+
+def train_source_encoder(population, n_classes: int, *, steps: int, seed: int = 0, per_class: int = 60):
+    r"""Draw ``n_classes`` source classes (``per_class`` training and as many fresh test samples each), train a
+    64-256-256-64 ReLU encoder with a linear head by SGD (rate 0.05, momentum 0.9, weight decay
+    :math:`5\cdot10^{-4}`, batches of 128, ``steps`` steps) and return ``(features_of, source)``: the map from
+    inputs to float64 features, and the source train and test CDNV (GGH convention)."""
+    from torch import nn
+
+    from . import training
+    from .data import Split
+
+    sources = population.draw_classes(n_classes, seed=seed + n_classes)
+    train_xy = population.sample(sources, per_class, seed=seed + n_classes + 1)
+    test_xy = population.sample(sources, per_class, seed=seed + n_classes + 2)
+    data = Split(*(torch.from_numpy(v) for v in (*train_xy, *test_xy)))
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(training.mlp([64, 256, 256, 64]), nn.ReLU())
+    training.train_sgd(nn.Sequential(encoder, nn.Linear(64, n_classes)), data, batch=128, lr=0.05, wd=5e-4,
+                       steps=steps, seed=seed, momentum=0.9)
+
+    def features_of(x):
+        with torch.no_grad():
+            return encoder(torch.from_numpy(x)).double().numpy()
+
+    return features_of, {"train CDNV": cdnv(features_of(train_xy[0]), train_xy[1]),
+                         "test CDNV": cdnv(features_of(test_xy[0]), test_xy[1])}
+
+
+def gaussian_study(s_par: float, s_perp: float, shots: list[int], *, episodes: int, dim: int = 64,
+                   half_distance: float = 1.5, samples: int = 50_000, seed: int = 0) -> dict:
+    r"""Two classes :math:`N(\mp1.5e_1,\mathrm{diag}(\sigma_\parallel^2,\sigma_\perp^2,\dots))` in ``dim``
+    dimensions. Moments from ``samples`` draws per class; per shot count :math:`m`: the Monte Carlo NCC error
+    (:func:`fewshot_error`, 2-way, 100 queries per class), the semi-analytic error
+    (:func:`gaussian_ncc_error`), their distance ``z`` in combined standard errors, T1 and T2
+    (:math:`m\ge10`). Also the exact many-shot error
+    :math:`\Phi(-\frac{1.5}{\sigma_\parallel})`, T1's and T2's many-shot limits, the CDNV (GGH) and V."""
+    rng = np.random.default_rng(seed)
+    scale = np.full(dim, s_perp)
+    scale[0] = s_par
+    centre = half_distance * np.eye(dim)[0]
+    classes = [rng.normal(size=(samples, dim)) * scale + sign * centre for sign in (-1, 1)]
+    features, labels = np.concatenate(classes), np.repeat([0, 1], samples)
+    moments = class_moments(features, labels)
+    rows = []
+    for m in shots:
+        error, se = fewshot_error(classes, 2, m, 100, episodes, seed=seed + m)
+        exact, exact_se = gaussian_ncc_error(-centre, centre, scale, m, seed=seed + 7 * m)
+        rows.append({"m": m, "error": error, "se": se, "semi-analytic": exact, "semi-analytic se": exact_se,
+                     "z": abs(error - exact) / math.hypot(se, exact_se),
+                     "T1": ncc_bound(moments, m), "T2": directional_bound_paper(moments, m) if m >= 10 else math.nan})
+    return {"rows": rows, "cdnv": cdnv(features, labels), "V": cdnv(features, labels, "directional"),
+            "directional": float(off_diagonal(directional_cdnv_matrix(moments)).mean()),
+            "exact": gaussian_ncc_error(-centre, centre, scale)[0],
+            "T1 limit": ncc_limit_bound(moments), "T2 limit": directional_limit(moments)}
+
+
+def random_embedding_gaps(class_counts: list[int], taus=(1.0, 0.5), n: int = 1024, dim: int = 64,
+                          seed: int = 0) -> dict:
+    r"""T4 on class-independent embeddings: ``n`` Gaussian vectors and a second view with noise 0.3, labels
+    :math:`k \bmod C`; for each :math:`(\tau, C)` the measured gap, the equal-similarity gap
+    (:func:`equal_similarity_gap`) and T4's bound (:func:`dcl_nscl_gap_bound`)."""
+    generator = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, dim, generator=generator)
+    z2 = z1 + 0.3 * torch.randn(n, dim, generator=generator)
+    out = {}
+    for tau in taus:
+        for C in class_counts:
+            labels = torch.arange(n) % C
+            gap = float(dcl_loss(z1, z2, tau) - nscl_loss(z1, z2, labels, tau))
+            out[tau, C] = (gap, equal_similarity_gap(labels), dcl_nscl_gap_bound(labels, tau))
+    return out
+
+
+def kernel_study(dimensions: list[int], points: int, *, seed: int = 0) -> dict:
+    r"""Kernel NC1 (:func:`kernel_nc1`) of the two-layer NNGP and NTK, erf and ReLU, on
+    :func:`theorylab.data.gaussian_two_class` with ``points`` points in each dimension :math:`d_0`."""
+    from .data import gaussian_two_class
+
+    out = {}
+    for d0 in dimensions:
+        x, y = gaussian_two_class(points // 2, d0, seed=seed + d0)
+        for activation in ("erf", "relu"):
+            out[activation, "NNGP", d0] = kernel_nc1(nngp_kernel(x, activation), y)
+            out[activation, "NTK", d0] = kernel_nc1(ntk_kernel(x, activation), y)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures of the chapter
+
+TRANSFER_COLUMNS = {"train CDNV": ".3f", "test CDNV": ".3f", "target CDNV": ".3f", "directional": ".3f",
+                    "NC1 trace": ".3f", "accuracy": ".3f", "T1": ".3f", "CDNV bound": ".2f"}
+
+
+def transfer_table(rows: dict, columns: dict[str, str] = TRANSFER_COLUMNS, width: int = 11) -> str:
+    """One line per entry of ``rows`` (name -> :func:`transfer_row` dict), measured numbers marked with
+    :func:`theorylab.runtime.measured`; a missing entry prints ``nan``."""
+    from .runtime import measured
+
+    lines = [f"{'source classes':>14s} " + " ".join(f"{k:>{width}s}" for k in columns)]
+    for name, row in rows.items():
+        cells = [(measured(row[k], spec) if k in row else "nan").rjust(width) for k, spec in columns.items()]
+        lines.append(f"{name!s:>14s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def gaussian_line(s_par: float, s_perp: float, study: dict, every: int = 2, start: int = 2) -> str:
+    """A summary line of :func:`gaussian_study`: the exact many-shot error (exact, unmarked), the two
+    limits and error, T1, T2 at every ``every``-th shot count from ``start`` (measured, marked)."""
+    cells = " ".join(f"m={r['m']}: err ≈{r['error']:.3f} T1 ≈{r['T1']:.3f} T2 ≈{r['T2']:.2f}"
+                     for r in study["rows"][start::every])
+    return (f"sigma_par {s_par}, sigma_perp {s_perp}: exact many-shot error {study['exact']:.3f}; "
+            f"limits T1 ≈{study['T1 limit']:.3f}, T2 ≈{study['T2 limit']:.3f}; {cells}")
+
+
+def directional_table(studies: dict, paper: dict | None = None, shots=(50, 100, 500)) -> str:
+    """The directional-CDNV paper's table format: V, directional CDNV, T2 at ``shots`` and at infinity, and
+    the error, for ``paper`` (quoted numbers; no row if None) and for each :func:`gaussian_study` (measured, marked; the
+    error at the first shot count and the exact many-shot error)."""
+    from .runtime import measured
+
+    head = f"{'':>24s} {'V':>6s} {'Vtilde':>7s}" + "".join(f" {f'T2 m={m}':>9s}" for m in shots)
+    lines = [head + f" {'T2 inf':>7s} {f'err m={shots[0]}':>10s} {'err inf':>7s}"]
+    if paper is not None:
+        lines.append(f"{'paper, MAE mini-ImageNet':>24s} {paper['V']:6.2f} {paper['directional']:7.3f}"
+                     + "".join(f" {paper['T2'][m]:9.2f}" for m in shots)
+                     + f" {paper['T2 limit']:7.2f} {paper['error']:>10s} {'':>7s}")
+    for (s_par, s_perp), g in studies.items():
+        t2 = {r["m"]: r["T2"] for r in g["rows"]}
+        error = {r["m"]: r["error"] for r in g["rows"]}[shots[0]]
+        lines.append(f"{f'Gaussian {s_par}, {s_perp}':>24s} {measured(g['V'], '.2f'):>6s} "
+                     f"{measured(g['directional'], '.3f'):>7s}"
+                     + "".join(f" {measured(t2[m], '.2f'):>9s}" for m in shots)
+                     + f" {measured(g['T2 limit'], '.2f'):>7s} {measured(error, '.3f'):>10s} {g['exact']:7.3f}")
+    return "\n".join(lines)
+
+
+def calibration_summary(baseline: dict, ells=(5, 20, 100), dims=(8, 32, 128)) -> dict[str, float]:
+    r"""Numbers the chapter quotes from its calibration runs (``baseline["metrics"][leaf]["runs"]``, one value
+    per run, in the same run order for every leaf): ``cal_runs``; the largest test/train source CDNV ratio
+    (``cal_test_train_max``); the smallest accuracy margin of an encoder over the raw inputs in one run
+    (``acc_margin_min``); in how many runs target NC1 is lowest at the middle number of source classes
+    (``nc1_low_at_20``); the range of the two-layer network's NC1 at initialisation over the NNGP's,
+    :math:`\text{init}\cdot\text{over\_nngp}/\text{nc1}` (``init_over_nngp_min``/``_max``); and the largest
+    trained/initial NC1 (``trained_over_init_max``)."""
+    metrics = baseline["metrics"]
+    runs = lambda leaf: np.asarray(metrics[leaf]["runs"], dtype=float)
+    result = lambda ell, key: runs(f"transfer.results.{ell}.{key}")
+    layer = lambda key, d0: runs(f"trained_two_layer.{key}.{d0}")
+    raw = runs("transfer.raw.accuracy")
+    nc1 = [result(ell, "NC1 trace") for ell in ells]
+    init_over_nngp = np.concatenate([layer("init", d) * layer("over_nngp", d) / layer("nc1", d) for d in dims])
+    return {
+        "cal_runs": float(raw.size),
+        "cal_test_train_max": float(max(runs(f"transfer.test_over_train[{k}]").max() for k in range(len(ells)))),
+        "acc_margin_min": float(min((result(ell, "accuracy") - raw).min() for ell in ells)),
+        "nc1_low_at_20": float(np.sum((nc1[1] < nc1[0]) & (nc1[1] < nc1[2]))),
+        "init_over_nngp_min": float(init_over_nngp.min()),
+        "init_over_nngp_max": float(init_over_nngp.max()),
+        "trained_over_init_max": float(max((layer("nc1", d) / layer("init", d)).max() for d in dims)),
+    }
+
+
+def plot_bounds_against_shots(ax, study: dict, palette) -> None:
+    """Draw one :func:`gaussian_study` on ``ax``: Monte Carlo error (3 SE bars), semi-analytic error, T1, T2,
+    the two many-shot limits (dotted) and the exact many-shot error (dash-dotted), log-log."""
+    shots = [r["m"] for r in study["rows"]]
+    column = lambda name: [r[name] for r in study["rows"]]
+    ax.errorbar(shots, column("error"), yerr=[3 * s for s in column("se")], fmt="o", color=palette[0],
+                label="NCC error (MC)")
+    ax.plot(shots, column("semi-analytic"), "-", color="0.5", label="NCC error (semi-analytic)")
+    ax.plot(shots, column("T1"), "s-", color=palette[1], label="T1 (ours)")
+    ax.plot(shots, column("T2"), "^-", color=palette[2], label="T2 (paper)")
+    ax.axhline(study["T1 limit"], color=palette[1], linestyle=":", label="T1 limit")
+    ax.axhline(study["T2 limit"], color=palette[2], linestyle=":", label="T2 limit")
+    ax.axhline(study["exact"], color="k", linestyle="-.", label="exact many-shot error")
+    ax.set(xscale="log", yscale="log", xlabel="shots m")

@@ -198,7 +198,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "contrastive_steps": Param(int, 300, 3000, "steps of each contrastive run", minimum=1),
             "kernel_points": Param(int, 256, 1024, "points of the kernel NC1 data sets", minimum=8),
         },
-        ci_seconds=45,
+        ci_seconds=70,
         full_minutes=30,
         full_note="400 source classes, 5x longer training, 1000 episodes, 10x longer contrastive runs, 1024-point "
                   "kernels (estimated on CPU; not run)",

@@ -422,12 +422,24 @@ def test_stationary_prediction_is_exact_for_a_layer_at_its_predicted_weights():
     rng, wd = np.random.default_rng(22), 0.5
     h_a = rng.normal(size=(400, 3))
     weight = np.diag([1.0, 0.5, 0.2])
-    g_b = 400 * wd * h_a @ np.linalg.inv(h_a.T @ h_a) @ weight.T  # balance; then rescale rows to hit Z = P
+    g_b = 400 * wd * h_a @ np.linalg.inv(h_a.T @ h_a) @ weight.T  # M = gamma W exactly
     stats = constructed_stats(h_a, g_b, weight)
-    check = al.stationary_prediction(stats, wd)["a"]
-    assert check.balance < 1e-12 and -1 <= check.alignment <= 1 and check.scale > 0
+    assert al.stationary_prediction(stats, wd)["a"].balance < 1e-12
     unbalanced = constructed_stats(h_a, 2 * g_b, weight)
     assert np.isclose(al.stationary_prediction(unbalanced, wd)["a"].balance, 1.0)
+    # A rank-one layer W = w u v^T at balance AND at Z = P: h_i = s_i v, g_i = t_i u with
+    # s_i t_i = gamma w for every sample gives M = gamma W and P_a = gamma^-2 E[s^2 t^2] v v^T = Z_a.
+    u, v = rng.normal(size=4), rng.normal(size=3)
+    u, v, w = u / np.linalg.norm(u), v / np.linalg.norm(v), 1.7
+    s = rng.uniform(0.5, 2.0, size=50)
+    at_p = constructed_stats(s[:, None] * v, (wd * w / s)[:, None] * u, w * np.outer(u, v))
+    check = al.stationary_prediction(at_p, wd)
+    assert check["a"].balance < 1e-12
+    for side in ("a", "b"):  # and P_b = gamma^-2 E[s^2 t^2] u u^T = Z_b
+        assert check[side].alignment == pytest.approx(1.0)
+        assert check[side].scale == pytest.approx(1.0)
+    off = constructed_stats(s[:, None] * v, (wd * w / s ** 0.5)[:, None] * u, w * np.outer(u, v))
+    assert not al.stationary_prediction(off, wd)["a"].scale == pytest.approx(1.0)
 
 
 def test_off_diagonal_mass_is_zero_for_a_power_and_the_off_diagonal_share_otherwise():

@@ -402,10 +402,6 @@ class PowerLawFit:
     residual_max: float = float("nan")
     off_diagonal: float = float("nan")
 
-    def in_range(self, low: float = 1 / 3, high: float = 3.0) -> bool:
-        """Whether the slope lies in ``[low, high]`` (by default the paper's range of positive exponents)."""
-        return low <= self.slope <= high
-
 
 def off_diagonal_mass(moment: np.ndarray, gram: np.ndarray, keep: np.ndarray | None = None) -> float:
     r"""The share of the Frobenius norm of :math:`X'=V^\top XV` off its diagonal, :math:`\|X'-\mathrm{diag}X'\|_F/

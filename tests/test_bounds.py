@@ -255,6 +255,28 @@ def test_conv_student_reports_c1_and_the_code_formula_on_the_same_network():
         row["rho"], (4, 4, 4, 25), (2, 2, 2), energies.max(), 64, 1, 0.01))
 
 
+def test_sweep_prose_numbers_and_spearman_text_by_hand():
+    def rows(terms, rhos=(1, 1), gaps=(0.1, 0.1), train=(0.0, 0.0)):
+        return [{"term": t, "rho": r, "gap": g, "train error": e} for t, r, g, e in zip(terms, rhos, gaps, train, strict=True)]
+
+    sweep = {(250, 32, 0.0): rows((300, 400), rhos=(30, 40), gaps=(0.3, 0.2)),
+             (1000, 32, 0.0): rows((500, 500), rhos=(100, 100)),
+             (4000, 32, 0.0): rows((200, 200), rhos=(80, 90), gaps=(0.05, 0.05)),
+             (1000, 8, 0.0): rows((250, 350), train=(0.03, 0.05))}
+    summary = {10: {"clean last cdnv": [0.1, 0.1], "clean test errors": [0.02, 0.03],
+                    "noisy": {"0.25": {"last cdnv": [0.2, 0.25]}, "0.1": {"last cdnv": [0.15, 0.2]}}}}
+    v = bounds.sweep_prose_numbers(sweep, [250, 1000, 4000], summary)
+    assert (v["term_small_n"], v["term_mid_n"], v["term_large_n"]) == (350, 500, 200)
+    assert (v["rho_small_n"], v["rho_large_n"]) == (35, 85)
+    assert abs(v["gap_fall_n"] - 5) < 1e-12
+    assert (v["width8_train_min"], v["width8_train_max"]) == (0.03, 0.05)
+    assert v["width_diff_over_spread"] == 2.0  # (500 - 300) / 100
+    assert abs(v["cdnv_margin_min"] - 0.05) < 1e-12 and abs(v["cdnv_margin_max"] - 0.05) < 1e-12
+    assert v["clean_error_min"] == 0.02
+    assert bounds.spearman_text([-0.5, -0.5, -0.5]) == "-0.5 on every seed"
+    assert bounds.spearman_text([0.8, 0.9]) == "between 0.8 and 0.9 over seeds"
+
+
 # teacher_tree_images -------------------------------------------------------------------------------------------------
 
 

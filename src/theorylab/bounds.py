@@ -652,3 +652,37 @@ def headline_numbers(cfg, ratio: dict, sweep: dict, track: dict, summary: dict) 
     for kind, v in last.items():
         values[f"{kind}_cdnv_mean"], values[f"{kind}_cdnv_sd"] = float(np.mean(v)), float(np.std(v, ddof=1))
     return values
+
+
+def sweep_prose_numbers(sweep: dict, sizes: Sequence[int], summary: dict) -> dict:
+    """More measured numbers for the prose (through ``glue``): mean term and rho at the smallest, the
+    middle (1000) and the largest n; the gap's fall; the width-8 train errors; the width step's mean term
+    difference over the largest seed range of the term at width 8 or 32; the margins by which the
+    10-layer last CDNV rises between consecutive noise levels (min and max over seeds and levels); the
+    range of clean test errors; Spearman values as text ("x on every seed" when all seeds agree)."""
+    def mean(key, cond):
+        return float(np.mean([r[key] for r in sweep[cond]]))
+
+    small, large = (min(sizes), 32, 0.0), (max(sizes), 32, 0.0)
+    values = {f"{q}_{name}_n": mean(q, cond) for q in ("term", "rho")
+              for name, cond in (("small", small), ("mid", (1000, 32, 0.0)), ("large", large))}
+    values["gap_fall_n"] = mean("gap", small) / mean("gap", large)
+    narrow, wide = sweep[(1000, 8, 0.0)], sweep[(1000, 32, 0.0)]
+    values["width8_train_min"] = float(min(r["train error"] for r in narrow))
+    values["width8_train_max"] = float(max(r["train error"] for r in narrow))
+    spread = max(np.ptp([r["term"] for r in rows]) for rows in (narrow, wide))
+    values["width_diff_over_spread"] = float((mean("term", (1000, 32, 0.0)) - mean("term", (1000, 8, 0.0))) / spread)
+    noisy = summary[10]["noisy"]
+    levels = [summary[10]["clean last cdnv"]] + [noisy[p]["last cdnv"] for p in sorted(noisy, key=float)]
+    steps = [b - a for lo, hi in zip(levels[1:], levels[2:], strict=False) for a, b in zip(lo, hi, strict=True)]
+    values["cdnv_margin_min"] = float(min(steps)) if steps else float("nan")
+    values["cdnv_margin_max"] = float(max(steps)) if steps else float("nan")
+    errors = [e for s in summary.values() for e in s["clean test errors"]]
+    values["clean_error_min"] = float(min(errors))
+    return values
+
+
+def spearman_text(values: Sequence[float], fmt: str = ".1f") -> str:
+    """``"x on every seed"`` when all values agree after formatting, else ``"between a and b over seeds"``."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return f"{lo} on every seed" if lo == hi else f"between {lo} and {hi} over seeds"

@@ -305,3 +305,10 @@ def test_teacher_tree_images_images_depend_on_seed_and_labels_on_teacher_seed():
 def test_teacher_tree_images_rejects_non_positive_count_with_value_error():
     with pytest.raises(ValueError):
         teacher_tree_images(0)
+
+
+def test_mean_last_cdnv_by_noise_orders_noise_levels_numerically_not_as_text():
+    entry = {"clean last cdnv": [0.1, 0.3], "noisy": {"0.25": {"last cdnv": [0.5, 0.7]},
+                                                      "0.1": {"last cdnv": [0.2, 0.4]}}}
+    assert bounds.mean_last_cdnv_by_noise(entry) == pytest.approx([0.2, 0.3, 0.6])
+

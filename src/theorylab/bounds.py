@@ -548,6 +548,14 @@ def tracking(sweep: dict, sample_sizes: Sequence[int]) -> dict[str, list]:
             "train_error_largest_n": get(last, "train error")}
 
 
+def mean_last_cdnv_by_noise(summary: dict) -> list[float]:
+    """Mean over seeds of the last hidden layer's CDNV, on clean labels and then at each noise level in
+    increasing order, from one depth's entry of :func:`depth_summary`."""
+    noisy = summary["noisy"]
+    return [float(np.mean(summary["clean last cdnv"]))] + [float(np.mean(noisy[p]["last cdnv"]))
+                                                           for p in sorted(noisy, key=float)]
+
+
 def depth_summary(depth_runs: dict[int, list[dict]]) -> dict[int, dict]:
     r"""Per total depth: the clean runs' effective depths (``None`` counted as depth + 1), test errors and
     last-layer CDNV seed by seed; for every noise level :math:`p>0` in the runs, the noisy runs' effective

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from theorylab import baselines, cli, runtime
+from theorylab import baselines, cli, chapters, runtime
 
 CHAPTER = "contract-design"
 
@@ -77,7 +77,7 @@ def book(tmp_path, monkeypatch):
 
 def write_runs(folder, seeds, values, params=None):
     params = params or runtime.jsonable({k: v for k, v in runtime.resolve(CHAPTER, "ci", "cpu", 0).items()
-                                         if k in runtime.chapter(CHAPTER).params})
+                                         if k in chapters.chapter(CHAPTER).params})
     for seed, value in zip(seeds, values, strict=True):
         run = folder / f"s{seed}" / f"{CHAPTER}-ci"
         run.mkdir(parents=True)

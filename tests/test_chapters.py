@@ -10,10 +10,10 @@ import nbformat
 import pytest
 import yaml
 
-from theorylab import baselines, cli, runtime
+from theorylab import baselines, cli, chapters
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(runtime.CHAPTERS.values(), key=lambda spec: spec.name)
+CHAPTERS = sorted(chapters.CHAPTERS.values(), key=lambda spec: spec.name)
 CI_BUDGET_SECONDS = 90
 
 
@@ -73,14 +73,16 @@ def test_first_code_cell_is_the_parameters_cell_with_every_knob(chapter):
     namespace: dict = {}
     exec(first.source, namespace)  # the cell holds plain assignments
     knobs = {name: value for name, value in namespace.items() if not name.startswith("__")}
-    assert knobs == {"profile": "ci", "device": "auto", "seed": 0, **{name: None for name in spec.params}}
+    assert knobs == {"profile": "ci", "device": "auto", "seed": 0, "smoke": False,
+                     **{name: None for name in spec.params}}
 
 
-def test_second_code_cell_validates_the_parameters(chapter):
-    _, _, notebook = chapter
+def test_second_code_cell_validates_the_parameters_from_the_chapter_table(chapter):
+    spec, _, notebook = chapter
     second = [cell for cell in notebook.cells if cell.cell_type == "code"][1]
-    # line breaks inside the call are formatting (the 88-column rule), not a change of call
-    assert re.search(r"runtime\.configure\(\s*profile,\s*device,\s*seed\b", second.source)
+    call = re.search(r"runtime\.from_notebook\(globals\(\), (\"[a-z-]+\"|chapter)\)", second.source)
+    assert call, "the second cell configures the run from the parameters cell"
+    assert call.group(1) in (f'"{spec.name}"', "chapter")
 
 
 def test_every_chapter_has_a_baseline_calibrated_on_five_seeds_and_three_cpu_kernel_sets(chapter):

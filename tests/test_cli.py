@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from theorylab import cli, runtime
+from theorylab import cli, chapters
 
 CHAPTER = "contract-design"
 SMALL_FULL = ["-p", "n_starts", "2", "-p", "scaling_sizes", "1000,2000", "-p", "dense_max", "500",
@@ -25,7 +25,7 @@ def run_cli(capsys, *args):
 def test_list_shows_every_chapter_with_ci_and_full_values(capsys):
     status, out, _ = run_cli(capsys, "list")
     assert status == 0
-    for spec in runtime.CHAPTERS.values():
+    for spec in chapters.CHAPTERS.values():
         assert spec.name in out
         for name, param in spec.params.items():
             assert name in out and repr(param.ci) in out and repr(param.full) in out
@@ -69,7 +69,7 @@ def test_run_all_dry_run_gives_each_chapter_only_its_own_overrides(capsys, tmp_p
     while out[position:].strip():
         plan, position = decoder.raw_decode(out, position + len(out[position:]) - len(out[position:].lstrip()))
         plans[plan["chapter"]] = plan["parameters"]
-    assert status == 0 and set(plans) == set(runtime.CHAPTERS)
+    assert status == 0 and set(plans) == set(chapters.CHAPTERS)
     assert plans["rank-minimization"]["steps"] == 7 and "n_starts" not in plans["rank-minimization"]
     assert plans["contract-design"]["n_starts"] == 2 and "steps" not in plans["contract-design"]
     assert not (tmp_path / "runs").exists()
@@ -80,7 +80,7 @@ def test_dry_run_prints_resolved_parameters_and_writes_nothing(capsys, tmp_path)
                              "-p", "n_starts", "3", "--out", str(tmp_path / "runs"))
     plan = json.loads(out)
     assert status == 0 and plan["parameters"]["n_starts"] == 3 and plan["parameters"]["profile"] == "full"
-    assert plan["parameters"]["dense_max"] == runtime.chapter(CHAPTER).params["dense_max"].full
+    assert plan["parameters"]["dense_max"] == chapters.chapter(CHAPTER).params["dense_max"].full
     assert not (tmp_path / "runs").exists()
 
 

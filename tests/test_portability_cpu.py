@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from theorylab import baselines, runtime
+from theorylab import baselines, chapters
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(runtime.CHAPTERS)
+CHAPTERS = sorted(chapters.CHAPTERS)
 
 
 def environment(capability: str) -> dict:
@@ -22,7 +22,7 @@ def environment(capability: str) -> dict:
 
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_committed_outputs_hold_under_unvectorised_kernels(name):
-    notebook = runtime.chapter(name).notebook
+    notebook = chapters.chapter(name).notebook
     result = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-q", "-x", notebook],
                             cwd=ROOT, env=environment("default"), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from theorylab import baselines, runtime
+from theorylab import baselines, chapters
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted(runtime.CHAPTERS)
+CHAPTERS = sorted(chapters.CHAPTERS)
 EXTRA_SEED = 1
 
 

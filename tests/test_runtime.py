@@ -6,13 +6,13 @@ import pytest
 import threadpoolctl
 import torch
 
-from theorylab import runtime
+from theorylab import chapters, runtime
 
 CHAPTER = "contract-design"
 
 
 def test_resolve_takes_profile_values_and_overrides():
-    spec = runtime.chapter(CHAPTER)
+    spec = chapters.chapter(CHAPTER)
     ci = runtime.resolve(CHAPTER, "ci", "cpu", 3)
     full = runtime.resolve(CHAPTER, "full", "cpu", 3, n_starts=7)
     assert ci["n_starts"] == spec.params["n_starts"].ci and ci["seed"] == 3 and ci["device"] == "cpu"
@@ -67,7 +67,7 @@ def test_configure_seeds_every_generator_and_pins_one_thread():
     assert (np.random.rand(), torch.rand(1).item()) == draws
     assert torch.get_num_threads() == 1
     assert all(pool["num_threads"] == 1 for pool in threadpoolctl.threadpool_info())  # NumPy's BLAS too
-    assert first.n_starts == runtime.chapter(CHAPTER).params["n_starts"].ci
+    assert first.n_starts == chapters.chapter(CHAPTER).params["n_starts"].ci
     with pytest.raises(AttributeError):
         _ = first.no_such_knob
 

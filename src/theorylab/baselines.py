@@ -151,9 +151,9 @@ def write(root: Path, chapter: str, runs: list[dict[str, Any]], force: bool = Fa
     Every run must be of ``chapter`` in the ``ci`` profile with its ci parameters, and the runs must
     cover at least two seeds. An existing file is replaced only with ``force``.
     """
-    from . import runtime
+    from . import chapters, runtime
 
-    spec = runtime.chapter(chapter)
+    spec = chapters.chapter(chapter)
     ci_params = runtime.jsonable(runtime.resolve(chapter, "ci", "cpu", 0))
     for run in runs:
         if run.get("chapter") != chapter or run.get("profile") != "ci":

@@ -1,7 +1,7 @@
 """``theorylab``: list the chapters, run them at any scale with papermill, refresh committed outputs.
 
     theorylab list
-    theorylab run CHAPTER|all [--profile ci|full] [--device auto|cpu|cuda|cuda:N] [--seed N]
+    theorylab run CHAPTER|all [--profile ci|full [--smoke]] [--device auto|cpu|cuda|cuda:N] [--seed N]
                   [--out runs/] [-p NAME VALUE ...] [--force | --resume] [--dry-run]
     theorylab refresh [CHAPTER ...] [--force]
     theorylab baselines CHAPTER|all --from RUNS [RUNS ...] [--force]
@@ -23,7 +23,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
-from . import baselines, runtime
+from . import baselines, chapters, data, runtime
 
 
 def execute(notebook: str | Path, output: str | Path, **kwargs: Any) -> Any:
@@ -57,11 +57,11 @@ def book_root() -> Path:
     return root
 
 
-def _chapters(names: list[str]) -> list[runtime.ChapterSpec]:
+def _chapters(names: list[str]) -> list[chapters.ChapterSpec]:
     if names == ["all"]:
-        return list(runtime.CHAPTERS.values())
+        return list(chapters.CHAPTERS.values())
     try:
-        return [runtime.chapter(name) for name in names]
+        return [chapters.chapter(name) for name in names]
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -73,12 +73,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    for spec in runtime.CHAPTERS.values():
+    for spec in chapters.CHAPTERS.values():
         print(f"{spec.name}: {spec.title}")
+        estimate = "measured" if spec.full_measured else "an estimate"
         print(f"  ci: about {spec.ci_seconds:g} s on 2 CPU cores; full: about {spec.full_minutes:g} min "
-              f"on one GPU ({spec.full_note})")
-        rows = [[name, repr(p.ci), repr(p.full), p.describe(), p.help] for name, p in spec.params.items()]
-        print("  " + _table(rows, ["parameter", "ci", "full", "allowed", "meaning"]).replace("\n", "\n  "))
+              f"({estimate}): {spec.full_note}")
+        print(f"  GPU: {spec.gpu}" if spec.gpu else f"  GPU: none, runs on the CPU: {spec.cpu_reason}")
+        if spec.datasets:
+            names = ", ".join(data.public_set(name).title for name in spec.datasets)
+            print(f"  full downloads on first use: {names} (into ${data.DATA_ENV}, default {data.data_cache()})")
+        rows = [[name, repr(p.ci), repr(p.full), repr(p.value("full", smoke=True)), p.describe(), p.help]
+                for name, p in spec.params.items()]
+        print("  " + _table(rows, ["parameter", "ci", "full", "smoke", "allowed", "meaning"]).replace("\n", "\n  "))
         print()
     return 0
 
@@ -128,10 +134,10 @@ def command_run(args: argparse.Namespace) -> int:
     for spec in specs:
         known = {name: value for name, value in overrides.items() if name in spec.params}
         try:
-            resolved = runtime.resolve(spec.name, args.profile, args.device, args.seed, **known)
+            resolved = runtime.resolve(spec.name, args.profile, args.device, args.seed, args.smoke, **known)
         except ValueError as error:
             raise UsageError(f"{spec.name}: {error}") from None
-        out_dir = Path(args.out) / f"{spec.name}-{args.profile}"
+        out_dir = Path(args.out) / f"{spec.name}-{args.profile}{'-smoke' if args.smoke else ''}"
         if out_dir.exists() and any(out_dir.iterdir()) and not (args.force or args.resume or args.dry_run):
             raise UsageError(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
         plans.append((spec, resolved, known, out_dir))
@@ -160,6 +166,8 @@ def command_run(args: argparse.Namespace) -> int:
         shutil.rmtree(out_dir / "figures", ignore_errors=True)
         output = out_dir / Path(spec.notebook).name
         parameters = {"profile": args.profile, "device": args.device, "seed": args.seed}
+        if args.smoke:
+            parameters["smoke"] = True
         # papermill writes tuples as strings; lists come through as Python lists.
         parameters.update({name: list(resolved[name]) if isinstance(resolved[name], tuple) else resolved[name]
                            for name in known})
@@ -167,6 +175,8 @@ def command_run(args: argparse.Namespace) -> int:
         os.environ[runtime.RUN_DIR_ENV] = str(out_dir.resolve())
         if args.compare_baselines:
             os.environ[baselines.COMPARE_ENV] = "1"
+        if args.smoke:  # at toy sizes the claims need not hold: the kernel runs with assertions off
+            os.environ["PYTHONOPTIMIZE"] = "1"
         start = time.perf_counter()
         status, failed = "ok", ""
         try:
@@ -177,6 +187,8 @@ def command_run(args: argparse.Namespace) -> int:
             failed = f"{_describe_cell(output, error.exec_count)}: {error.ename}: {error.evalue}"
         finally:
             os.environ.pop(runtime.RUN_DIR_ENV, None)
+            if args.smoke:
+                os.environ.pop("PYTHONOPTIMIZE", None)
         seconds = time.perf_counter() - start
         figures = _notebook_figures(json.loads(output.read_text()), out_dir / "figures") if output.exists() else 0
         status_file.write_text(json.dumps({"status": status, "seconds": round(seconds, 1), "failure": failed,
@@ -273,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="ci", help="ci (default) or full")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     run.add_argument("--seed", default=0, type=_seed, help="random seed (default 0)")
+    run.add_argument("--smoke", action="store_true",
+                     help="with --profile full: the full code path at toy sizes (data written on the spot "
+                          "where a public set is absent), assertions off; seconds per chapter on a CPU")
     run.add_argument("--out", default="runs", help="folder for executed notebooks, figures, metrics.json")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="override a chapter parameter")

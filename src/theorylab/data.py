@@ -1,12 +1,17 @@
-"""Data the chapters use: generated in code or shipped inside an installed package, never downloaded."""
+"""Data the chapters use: generated in code or shipped inside an installed package (the ``ci``
+profile, never downloaded), and loaders of the papers' public image sets (``full``), downloaded on
+first use into a cache folder."""
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from .validation import positive_int
 
 
 @dataclass(frozen=True)
@@ -298,3 +303,249 @@ def gaussian_mixture(n_samples: int, dim: int, n_classes: int, separation: float
     x = (means[labels] + rng.normal(scale=1 / np.sqrt(dim), size=(n_samples, dim))).astype(np.float32)
     return Split(torch.as_tensor(x), torch.as_tensor(labels.astype(np.int64)),
                  torch.zeros(0, dim), torch.zeros(0, dtype=torch.int64))
+
+
+# --- The papers' public image sets (``full`` profile) -------------------------------------------
+#
+# The loaders read the on-disk formats the sets' authors publish (and torchvision writes): the
+# CIFAR "python version" pickles and MNIST's IDX files. torchvision itself is not a dependency: the
+# release built for torch 2.13.0 on PyPI is a CUDA build that does not import beside the CPU build
+# the book pins. A folder torchvision filled (``root=...`` of its data sets) works as the cache.
+
+DATA_ENV = "THEORYLAB_DATA"
+"""Environment variable naming the cache folder of downloaded data sets."""
+
+
+@dataclass(frozen=True)
+class PublicImageSet:
+    """A public image set: where it comes from, which files make it, and their shape."""
+
+    name: str
+    title: str
+    urls: tuple[tuple[str, str], ...]  # (url, md5) of each archive or file to fetch
+    folder: str
+    files: tuple[str, ...]  # relative to ``folder``: what must exist before loading
+    shape: tuple[int, int, int]
+    n_classes: int
+    n_train: int
+    n_test: int
+
+
+_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+PUBLIC_IMAGE_SETS: dict[str, PublicImageSet] = {
+    "cifar10": PublicImageSet(
+        "cifar10", "CIFAR-10",
+        (("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{k}" for k in range(1, 6)) + ("test_batch", "batches.meta"),
+        (3, 32, 32), 10, 50_000, 10_000),
+    "cifar100": PublicImageSet(
+        "cifar100", "CIFAR-100",
+        (("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
+        "cifar-100-python", ("train", "test", "meta"), (3, 32, 32), 100, 50_000, 10_000),
+    "mnist": PublicImageSet(
+        "mnist", "MNIST",
+        tuple((_MNIST_URL + name, md5) for name, md5 in (
+            ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+            ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+            ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"))),
+        "MNIST/raw",
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+         "t10k-labels-idx1-ubyte"),
+        (1, 28, 28), 10, 60_000, 10_000),
+}
+
+
+class DatasetUnavailable(RuntimeError):
+    """A public data set is neither in the cache nor downloadable: the message says what to do."""
+
+
+def data_cache() -> Path:
+    """``$THEORYLAB_DATA``, else ``$XDG_CACHE_HOME/theorylab/data``, else ``~/.cache/theorylab/data``."""
+    import os
+
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "theorylab" / "data"
+
+
+def public_set(name: str) -> PublicImageSet:
+    if name not in PUBLIC_IMAGE_SETS:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(PUBLIC_IMAGE_SETS)}")
+    return PUBLIC_IMAGE_SETS[name]
+
+
+def is_cached(name: str, root: Path | None = None) -> bool:
+    """Whether every file of data set ``name`` is present under ``root`` (default :func:`data_cache`)."""
+    spec = public_set(name)
+    folder = (root or data_cache()) / spec.folder
+    return all((folder / file).exists() for file in spec.files)
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5()  # the publishers' checksums are MD5: integrity, not security
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unavailable(spec: PublicImageSet, root: Path, reason: str) -> DatasetUnavailable:
+    files = "\n".join(f"    {url}  (md5 {md5})" for url, md5 in spec.urls)
+    return DatasetUnavailable(
+        f"{spec.title} is not in {root / spec.folder} and could not be downloaded ({reason}).\n"
+        f"  On a machine with network, fetch:\n{files}\n"
+        + (f"  then gunzip the four files into {root / spec.folder}" if spec.name == "mnist" else
+           f"  then extract the archive under {root} (it makes {spec.folder}/)")
+        + f"; or point ${DATA_ENV} at a folder that holds them (a torchvision root works).\n"
+        "  To try the code path without the data, run with --smoke.")
+
+
+def ensure_public_set(name: str, root: Path | None = None, download: bool = True) -> Path:
+    """The folder of data set ``name``, downloading it on first use (checksums verified).
+
+    Raises :class:`DatasetUnavailable`, naming the set, the folder and how to place the files by
+    hand, when the files are absent and ``download`` is off or the network is unreachable."""
+    import gzip
+    import shutil
+    import tarfile
+    import urllib.request
+
+    spec = public_set(name)
+    root = root or data_cache()
+    if is_cached(name, root):
+        return root / spec.folder
+    if not download:
+        raise _unavailable(spec, root, "downloads are off")
+    (root / spec.folder).mkdir(parents=True, exist_ok=True)
+    for url, md5 in spec.urls:
+        target = root / url.rsplit("/", 1)[1]
+        if not (target.exists() and _md5(target) == md5):
+            partial = target.with_name(target.name + ".partial")
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+                    shutil.copyfileobj(response, out)
+            except OSError as error:
+                partial.unlink(missing_ok=True)
+                raise _unavailable(spec, root, f"{url}: {error}") from None
+            if _md5(partial) != md5:
+                partial.unlink()
+                raise _unavailable(spec, root, f"{url}: checksum mismatch")
+            partial.replace(target)
+        if target.name.endswith(".tar.gz"):
+            with tarfile.open(target) as archive:
+                archive.extractall(root, filter="data")
+        else:  # MNIST: one gzip per file
+            with gzip.open(target) as packed, (root / spec.folder / target.name[:-3]).open("wb") as out:
+                shutil.copyfileobj(packed, out)
+    return root / spec.folder
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic ``0x0000 08 D``, D big-endian sizes, then unsigned bytes."""
+    raw = path.read_bytes()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _read_cifar(folder: Path, files: Sequence[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    import pickle
+
+    images, labels = [], []
+    for file in files:
+        with (folder / file).open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_public_set(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_test, y_test)`` of data set ``name`` read from ``folder``: uint8 images
+    ``(N, C, H, W)`` and int64 labels, in the files' order."""
+    spec = public_set(name)
+    if name == "mnist":
+        parts = [_read_idx(folder / file) for file in spec.files]
+        return (parts[0][:, None], parts[1].astype(np.int64), parts[2][:, None], parts[3].astype(np.int64))
+    if name == "cifar10":
+        x_train, y_train = _read_cifar(folder, spec.files[:5], b"labels")
+        x_test, y_test = _read_cifar(folder, ["test_batch"], b"labels")
+    else:
+        x_train, y_train = _read_cifar(folder, ["train"], b"fine_labels")
+        x_test, y_test = _read_cifar(folder, ["test"], b"fine_labels")
+    return x_train, y_train, x_test, y_test
+
+
+def write_fake_public_set(name: str, root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Write a small stand-in for data set ``name`` under ``root`` in the set's real on-disk format
+    (CIFAR pickles, MNIST IDX files): class-dependent random images, for ``--smoke`` runs and tests."""
+    import pickle
+
+    spec = public_set(name)
+    n_train, n_test = positive_int("n_train", n_train), positive_int("n_test", n_test)
+    rng = np.random.default_rng(seed)
+    folder = root / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    means = rng.uniform(40, 215, size=(spec.n_classes, *spec.shape))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, spec.n_classes, n)
+        images = np.clip(means[labels] + rng.normal(0, 40, (n, *spec.shape)), 0, 255).astype(np.uint8)
+        return images, labels
+
+    (x_train, y_train), (x_test, y_test) = draw(n_train), draw(n_test)
+    if name == "mnist":
+        for file, array in zip(spec.files, (x_train[:, 0], y_train, x_test[:, 0], y_test), strict=True):
+            array = np.asarray(array, dtype=np.uint8)
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            (folder / file).write_bytes(header + array.tobytes())
+        return folder
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    pieces = ({f"data_batch_{k + 1}": k for k in range(5)} if name == "cifar10" else {"train": None})
+    for file, k in pieces.items():
+        part = slice(None) if k is None else slice(k * n_train // 5, (k + 1) * n_train // 5)
+        batch = {b"data": x_train[part].reshape(len(x_train[part]), -1), key: y_train[part].tolist()}
+        (folder / file).write_bytes(pickle.dumps(batch))
+    test_name = "test_batch" if name == "cifar10" else "test"
+    (folder / test_name).write_bytes(pickle.dumps({b"data": x_test.reshape(n_test, -1), key: y_test.tolist()}))
+    meta_name, meta_key = ("batches.meta", b"label_names") if name == "cifar10" else ("meta", b"fine_label_names")
+    (folder / meta_name).write_bytes(pickle.dumps({meta_key: [f"class {c}".encode() for c in range(spec.n_classes)]}))
+    return folder
+
+
+def public_images(name: str, *, smoke: bool = False, root: Path | None = None, download: bool = True,
+                  device: torch.device | str = "cpu", smoke_sizes: tuple[int, int] = (200, 100),
+                  seed: int = 0) -> Split:
+    r"""Data set ``name`` as a :class:`Split` on ``device``: float32 images standardised per channel
+    with the training set's mean and standard deviation, :math:`(x - \mu_c)/\sigma_c`, int64 labels.
+
+    With ``smoke=True`` and the real set absent from the cache, a stand-in of ``smoke_sizes`` images is
+    written in the real format to a temporary folder (never into the cache) and read back through the
+    same code path; otherwise the set is read from the cache, downloaded on first use."""
+    import tempfile
+
+    root = Path(root) if root is not None else data_cache()
+    if smoke and not is_cached(name, root):
+        with tempfile.TemporaryDirectory(prefix=f"theorylab-smoke-{name}-") as scratch:
+            folder = write_fake_public_set(name, Path(scratch), *smoke_sizes, seed=seed)
+            x_train, y_train, x_test, y_test = read_public_set(name, folder)
+    else:
+        x_train, y_train, x_test, y_test = read_public_set(name, ensure_public_set(name, root, download))
+    if smoke:
+        x_train, y_train = x_train[: smoke_sizes[0]], y_train[: smoke_sizes[0]]
+        x_test, y_test = x_test[: smoke_sizes[1]], y_test[: smoke_sizes[1]]
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True, dtype=np.float64)
+
+    def tensor(images: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(((images - mean) / std).astype(np.float32), device=device)
+
+    return Split(tensor(x_train), torch.as_tensor(y_train, device=device), tensor(x_test),
+                 torch.as_tensor(y_test, device=device))

@@ -20,241 +20,12 @@ from collections.abc import Callable
 import numpy as np
 
 from . import baselines
+from .chapters import chapter
 from .validation import nonnegative_int
 
 PROFILES = ("ci", "full")
 RUN_DIR_ENV = "THEORYLAB_RUN_DIR"
 """Environment variable naming the folder where a run writes ``metrics.json`` (set by the CLI)."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One chapter knob: its type, its value in each profile, and what values are allowed."""
-
-    kind: type
-    ci: Any
-    full: Any
-    help: str
-    minimum: float | None = None
-    choices: tuple | None = None
-
-    def validate(self, name: str, value: Any) -> Any:
-        """Return ``value`` converted to :attr:`kind`, or raise ``ValueError`` naming the problem."""
-        allowed = self.describe()
-        if self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                    value = int(value)
-                else:
-                    raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-            value = int(value)
-        elif self.kind is float:
-            if isinstance(value, bool):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}") from None
-            if not np.isfinite(value):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-        elif self.kind is str:
-            if not isinstance(value, str):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-        elif self.kind is tuple:
-            items = value.split(",") if isinstance(value, str) else value
-            try:
-                value = tuple(int(str(item).strip()) for item in items)
-            except (TypeError, ValueError):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}") from None
-            if not value or (self.minimum is not None and min(value) < self.minimum):
-                raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-            return value
-        if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"parameter {name!r}: got {value!r}, expected {allowed}")
-        return value
-
-    def describe(self) -> str:
-        text = {int: "an integer", float: "a finite number", str: "a string",
-                tuple: "comma-separated integers"}[self.kind]
-        if self.minimum is not None:
-            text += f" >= {self.minimum:g}"
-        if self.choices is not None:
-            text += f" in {list(self.choices)}"
-        return text
-
-
-@dataclass(frozen=True)
-class ChapterSpec:
-    """A chapter of the book: its notebook, its knobs, and how long each profile takes."""
-
-    name: str
-    title: str
-    notebook: str
-    params: dict[str, Param]
-    ci_seconds: float
-    full_minutes: float
-    full_note: str = ""
-
-
-CHAPTERS: dict[str, ChapterSpec] = {
-    "contract-design": ChapterSpec(
-        name="contract-design",
-        title="Contract design through implicit differentiation",
-        notebook="chapters/contract-design.ipynb",
-        params={
-            "n_starts": Param(int, 20, 90, "random starts per recovery experiment", minimum=1),
-            "scaling_sizes": Param(tuple, (1000, 10000), (1000, 10000, 100000, 1000000),
-                                   "numbers of tasks n for the scaling run", minimum=2),
-            "dense_max": Param(int, 4000, 20000, "largest n solved densely for comparison", minimum=2),
-            "mc_replications": Param(int, 100, 400, "replications per sample size (Monte Carlo)",
-                                     minimum=2),
-            "mc_max_log2": Param(int, 11, 14, "largest Monte-Carlo sample size, as a power of 2",
-                                 minimum=3),
-            "cap_max": Param(float, 2.0, 5.0, "largest cap on the logistic bonus (see the chapter beyond 5)",
-                             minimum=1.0),
-            "logistic_starts": Param(int, 4, 90, "starts per cap for logistic pay", minimum=1),
-        },
-        ci_seconds=55,
-        full_minutes=15,
-        full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
-    ),
-    "rank-minimization": ChapterSpec(
-        name="rank-minimization",
-        title="SGD and weight decay secretly minimize the rank of your network",
-        notebook="chapters/rank-minimization.ipynb",
-        params={
-            "steps": Param(int, 6_000, 40_000, "SGD steps of the fixed-step runs", minimum=1),
-            "epochs": Param(float, 40.0, 40.0, "epochs of the fixed-epoch protocol", minimum=0.01),
-            "certificate_steps": Param(int, 6_000, 20_000, "steps of the certificate run", minimum=400),
-            "cnn_steps": Param(int, 3_000, 20_000, "steps of each convolutional run", minimum=1),
-            "seeds": Param(int, 3, 5, "seeds retrained for every setting (spread shown)", minimum=2),
-            "grid_size": Param(int, 0, 5, "points per axis of the (batch, learning rate) grid; 0 skips it",
-                               minimum=0),
-        },
-        ci_seconds=80,
-        full_minutes=240,
-        full_note="6.7x longer runs, 5 seeds per setting, a 5x5 (batch, rate) grid per weight decay under both "
-                  "protocols (estimated, not run)",
-    ),
-    "speculative-inference": ChapterSpec(
-        name="speculative-inference",
-        title="Distributed speculative inference, proved and measured",
-        notebook="chapters/speculative-inference.ipynb",
-        params={
-            "heatmap_step": Param(float, 0.05, 0.01, "grid step of the (c, a) heatmaps", minimum=0.001),
-            "heatmap_runs": Param(int, 50, 200, "simulated runs per cell of the N = 1000 heatmap", minimum=30),
-            "mc_runs": Param(int, 4000, 100_000, "Monte-Carlo runs held against the exact expectation", minimum=100),
-            "paths": Param(int, 10_000, 1_000_000, "sampled paths of the pathwise check of Theorem 1", minimum=100),
-            "emulation_runs": Param(int, 300, 3000, "runs per configuration of the Table 1 emulation", minimum=300),
-            "prompts": Param(int, 8, 50, "prompts of the greedy losslessness check", minimum=1),
-            "sampling_draws": Param(int, 10_000, 100_000, "generations of the sampling test", minimum=1000),
-            "target_ms": Param(float, 40.0, 40.0, "padded target latency t of the wall-clock runs, in ms",
-                               minimum=1.0),
-            "train_steps": Param(int, 300, 3000, "training steps of the target model", minimum=10),
-            "model_width": Param(int, 32, 128, "width of the target transformer", choices=(16, 32, 64, 128, 256)),
-        },
-        ci_seconds=70,
-        full_minutes=10,
-        full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
-                  "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device)",
-    ),
-    "decision-tree-language-models": ChapterSpec(
-        name="decision-tree-language-models",
-        title="The power of autoregressive decision trees",
-        notebook="chapters/decision-tree-language-models.ipynb",
-        params={
-            "max_length": Param(int, 14, 20, "longest input length of the exhaustive automaton checks", minimum=1),
-            "tm_bits": Param(int, 10, 14, "binary-increment inputs checked: every number of this many bits",
-                             minimum=1),
-            "circuit_inputs": Param(int, 12, 16, "inputs of the random circuits (every input is checked)", minimum=2),
-            "circuit_gates": Param(int, 60, 300, "gates of the largest random circuit", minimum=1),
-            "traces": Param(int, 300, 1000, "machine traces CART learns from", minimum=10),
-            "train_sentences": Param(int, 6000, 60_000, "training sentences of the language models", minimum=100),
-            "test_sentences": Param(int, 1000, 10_000, "held-out sentences", minimum=100),
-            "lm_rounds": Param(int, 40, 200, "boosting rounds of the tree language model", minimum=1),
-            "gpt_steps": Param(int, 600, 6000, "training steps of the tiny transformers", minimum=10),
-            "samples": Param(int, 400, 2000, "sentences sampled from each model for the parser", minimum=10),
-            "expressions": Param(int, 6000, 60_000, "Boolean expressions of the reasoning task", minimum=200),
-            "reasoning_steps": Param(int, 200, 6000, "training steps of each transformer of the reasoning task",
-                                     minimum=10),
-        },
-        ci_seconds=75,
-        full_minutes=30,
-        full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
-                  "200 boosting rounds (both tree models), 10x longer transformer training, 30x longer "
-                  "for the two reasoning transformers (estimated on CPU; not run)",
-    ),
-    "collapse-and-transfer": ChapterSpec(
-        name="collapse-and-transfer",
-        title="Neural collapse and few-shot transfer",
-        notebook="chapters/collapse-and-transfer.ipynb",
-        params={
-            "source_classes": Param(tuple, (5, 20, 100), (5, 20, 100, 400), "numbers of source classes", minimum=2),
-            "train_steps": Param(int, 4000, 20_000, "SGD steps of each supervised encoder", minimum=1),
-            "episodes": Param(int, 100, 1000, "5-way 5-shot episodes per encoder", minimum=2),
-            "mc_episodes": Param(int, 200, 2000, "episodes per shot count on the Gaussian classes", minimum=2),
-            "contrastive_steps": Param(int, 300, 3000, "steps of each contrastive run", minimum=1),
-            "kernel_points": Param(int, 256, 1024, "points of the kernel NC1 data sets", minimum=8),
-        },
-        ci_seconds=70,
-        full_minutes=30,
-        full_note="400 source classes, 5x longer training, 1000 episodes, 10x longer contrastive runs, 1024-point "
-                  "kernels (estimated on CPU; not run)",
-    ),
-    "canonical-representations": ChapterSpec(
-        name="canonical-representations",
-        title="The canonical representation hypothesis",
-        notebook="chapters/canonical-representations.ipynb",
-        params={
-            "steps": Param(int, 8000, 40_000, "SGD steps of every weight-decay, batch and rate run", minimum=1),
-            "gd_steps": Param(int, 1500, 20_000, "steps of the full-batch gradient-descent run", minimum=1),
-            "log_every": Param(int, 500, 500, "steps between alignment measurements during training", minimum=1),
-            "null_draws": Param(int, 10, 100, "draws of each null baseline", minimum=1),
-            "boots": Param(int, 100, 1000, "bootstrap resamples of each power-law fit", minimum=2),
-            "activations": Param(str, "relu", "relu,tanh", "activations of the weight-decay sweep",
-                                 choices=("relu", "tanh", "relu,tanh")),
-            "synthetic_steps": Param(int, 4000, 40_000, "SGD steps of the Gaussian-mixture runs", minimum=1),
-            "transformer_steps": Param(int, 300, 3000, "Adam steps of the small transformer", minimum=1),
-            "transformer_width": Param(int, 32, 128, "width of the small transformer", choices=(16, 32, 64, 128, 256)),
-            "transformer_layers": Param(int, 2, 4, "blocks of the small transformer", minimum=1),
-            "vision_steps": Param(int, 0, 20_000, "SGD steps of each convolutional run; 0 skips them", minimum=0),
-        },
-        ci_seconds=85,
-        full_minutes=25,
-        full_note="five times longer training, the tanh sweep, convolutional networks on 32x32 class images, a "
-                  "4-block transformer, 100 null draws, 1,000 bootstraps; estimated from ci timings, never run on "
-                  "a GPU (about an hour on 2 CPU cores, two thirds of it the convolutional runs)",
-    ),
-    "sparse-network-bounds": ChapterSpec(
-        name="sparse-network-bounds",
-        title="Norm-based generalization bounds for compositionally sparse networks",
-        notebook="chapters/sparse-network-bounds.ipynb",
-        params={
-            "sample_sizes": Param(tuple, (250, 1000, 4000), (250, 500, 1000, 2000, 4000, 16000),
-                                  "training-set sizes of the teacher experiment", minimum=10),
-            "student_steps": Param(int, 1500, 10_000, "SGD steps of each sparse student", minimum=1),
-            "digits_steps": Param(int, 1000, 10_000, "SGD steps of the digits students", minimum=1),
-            "depth_steps": Param(int, 6000, 20_000, "SGD steps of the effective-depth MLPs", minimum=1),
-            "noise_percents": Param(tuple, (10, 25), (10, 25, 50),
-                                    "percentages of training labels replaced by uniform ones", minimum=1),
-            "seeds": Param(int, 3, 5, "retrained seeds of the multi-seed experiments", minimum=2),
-            "depth_width": Param(int, 48, 128, "width of the effective-depth MLPs", minimum=1),
-        },
-        ci_seconds=75,
-        full_minutes=180,
-        full_note="six sample sizes up to 16,000, about seven times longer training, five seeds, width-128 "
-                  "effective-depth MLPs (estimated on CPU, not measured; the paper's 28x28 scale is described, not run)",
-    ),
-}
-
-
-def chapter(name: str) -> ChapterSpec:
-    """The chapter called ``name``; ``ValueError`` listing the known chapters otherwise."""
-    if name not in CHAPTERS:
-        raise ValueError(f"unknown chapter {name!r}; known chapters: {', '.join(sorted(CHAPTERS))}")
-    return CHAPTERS[name]
 
 
 def check_profile(profile: Any) -> str:
@@ -293,24 +64,34 @@ def check_seed(seed: Any) -> int:
 
 
 def resolve(chapter_name: str, profile: str = "ci", device: str = "auto", seed: int = 0,
-            **overrides: Any) -> dict[str, Any]:
+            smoke: bool = False, **overrides: Any) -> dict[str, Any]:
     """Resolve and validate every parameter of a chapter; no side effects.
 
-    A knob given as ``None`` takes its profile value. Unknown knobs, bad types and out-of-range
-    values raise ``ValueError`` with the parameter's name, the value given and what is allowed.
+    A knob given as ``None`` takes its profile value (its ``--smoke`` value when ``smoke``, which needs
+    the ``full`` profile). Unknown knobs, bad types and out-of-range values raise ``ValueError`` with
+    the parameter's name, the value given and what is allowed. A chapter that runs on the CPU (empty
+    ``gpu`` in the chapter table) resolves every device to ``cpu``.
     """
     spec = chapter(chapter_name)
     profile = check_profile(profile)
+    if not isinstance(smoke, bool):
+        raise ValueError(f"smoke: got {smoke!r}, expected True or False")
+    if smoke and profile != "full":
+        raise ValueError("smoke shrinks the full profile: use it with profile 'full'")
     if profile == "ci" and device == "auto":
         device = "cpu"  # the committed ci outputs are CPU outputs: a GPU must not change them
-    resolved: dict[str, Any] = {"profile": profile, "device": check_device(device), "seed": check_seed(seed)}
+    device = check_device(device)
+    if not spec.gpu:
+        device = "cpu"
+    resolved: dict[str, Any] = {"profile": profile, "device": device, "seed": check_seed(seed),
+                                "smoke": smoke}
     unknown = sorted(set(overrides) - set(spec.params))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for chapter {chapter_name!r}; "
                          f"known: {sorted(spec.params)}")
     for name, param in spec.params.items():
         value = overrides.get(name)
-        resolved[name] = param.validate(name, getattr(param, profile) if value is None else value)
+        resolved[name] = param.validate(name, param.value(profile, smoke) if value is None else value)
     return resolved
 
 
@@ -324,6 +105,7 @@ class Config:
     seed: int
     params: dict[str, Any]
     run_dir: Path | None
+    smoke: bool = False
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
@@ -351,8 +133,17 @@ class Config:
         if self.run_dir is not None:
             path = self.run_dir / "metrics.json"
             path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
-                                        "seed": self.seed, "cpu_capability": cpu_capability(),
+                                        "smoke": self.smoke, "seed": self.seed, **self.hardware(),
                                         "params": self.params, "checks": self.metrics}, indent=2))
+
+    def hardware(self) -> dict[str, Any]:
+        """Where this run computes: the device and its name, torch's threads, the CPU's vector kernels."""
+        import torch
+
+        name = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                else platform_processor())
+        return {"device": str(self.device), "device_name": name, "torch_threads": torch.get_num_threads(),
+                "cpu_capability": cpu_capability()}
 
 
     def seed_spread(self, leaves: dict[str, str], spec: str = ".3g") -> str:
@@ -367,7 +158,7 @@ class Config:
     def is_ci_reference(self) -> bool:
         """Whether this run is comparable with the committed ci outputs: ci profile, ci knobs, CPU."""
         reference = resolve(self.chapter, "ci", "cpu", 0)
-        return (self.profile == "ci" and self.device.type == "cpu"
+        return (self.profile == "ci" and not self.smoke and self.device.type == "cpu"
                 and jsonable(self.params) == jsonable({k: reference[k] for k in self.params}))
 
     def checkpoint(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -380,7 +171,7 @@ class Config:
             return compute()
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"checkpoint name: got {name!r}, expected letters, digits, '_' or '-'")
-        key = json.dumps([self.chapter, self.profile, self.seed, jsonable(self.params)])
+        key = json.dumps([self.chapter, self.profile, self.smoke, self.seed, jsonable(self.params)])
         path = self.run_dir / "checkpoints" / f"{name}.pkl"
         if path.exists():
             with path.open("rb") as handle:
@@ -407,6 +198,19 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def platform_processor() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_capability() -> str:
     """The vector instruction set torch's CPU kernels use (``ATEN_CPU_CAPABILITY`` or what torch picked)."""
     import torch
@@ -424,28 +228,55 @@ def seed_everything(seed: int) -> None:
 
 
 def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapter: str,
-              threads: int | None = 1, **overrides: Any) -> Config:
+              smoke: bool = False, threads: int | None | str = "auto", **overrides: Any) -> Config:
     """Validate a chapter's parameters, then seed, pick the device and set torch's threads.
 
-    ``threads=1`` (the default) pins torch's intra-op pool and NumPy's BLAS to one thread: on a 2-core
-    machine a small training step or a level-1 BLAS call is many times slower with two, and two
-    chapters run side by side (the test suite's two workers) oversubscribe the cores several times
-    over when each BLAS spins up its own pool. ``threads=None`` leaves both libraries' defaults.
+    ``threads="auto"`` (the default) pins torch's intra-op pool and NumPy's BLAS to one thread in the
+    ``ci`` profile and under ``--smoke``, and leaves both libraries their defaults (every core) in a
+    ``full`` run. One thread in ``ci`` because on a 2-core machine a small training step or a level-1
+    BLAS call is many times slower with two, and two chapters run side by side (the test suite's two
+    workers) oversubscribe the cores several times over when each BLAS spins up its own pool.
+    An integer pins that many threads; ``None`` leaves the defaults.
     """
     import torch
     from threadpoolctl import threadpool_limits
 
-    values = resolve(chapter, profile, device, seed, **overrides)
+    values = resolve(chapter, profile, device, seed, smoke, **overrides)
+    if threads == "auto":
+        threads = 1 if values["profile"] == "ci" or values["smoke"] else None
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads: got {threads!r}, expected a positive integer or None")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: got {threads!r}, expected 'auto', a positive integer or None")
         torch.set_num_threads(threads)
         threadpool_limits(threads)
     seed_everything(values["seed"])
     run_dir = os.environ.get(RUN_DIR_ENV)
-    params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed")}
+    params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed", "smoke")}
     return Config(chapter=chapter, profile=values["profile"], device=torch.device(values["device"]),
-                  seed=values["seed"], params=params, run_dir=Path(run_dir) if run_dir else None)
+                  seed=values["seed"], params=params, run_dir=Path(run_dir) if run_dir else None,
+                  smoke=values["smoke"])
+
+
+def from_notebook(namespace: dict[str, Any], chapter: str) -> Config:
+    """:func:`configure` with the values of a chapter's ``parameters`` cell, read from ``namespace``
+    (the notebook's ``globals()``): ``profile``, ``device``, ``seed``, ``smoke`` (absent: ``False``)
+    and every knob of the chapter table, so the cell names each knob once. A knob missing from the
+    namespace is an error: the parameters cell and the table must agree."""
+    import sys
+
+    from . import chapters as table
+
+    spec = table.chapter(chapter)
+    missing = [name for name in ("profile", "device", "seed", *spec.params) if name not in namespace]
+    if missing:
+        raise ValueError(f"the parameters cell of {chapter!r} does not define {missing}")
+    knobs = {name: namespace[name] for name in spec.params}
+    config = configure(namespace["profile"], namespace["device"], namespace["seed"], chapter=chapter,
+                       smoke=namespace.get("smoke", False), **knobs)
+    if config.smoke:
+        checks = "assertions off" if sys.flags.optimize else "assertions on (run it with theorylab --smoke)"
+        print(f"smoke run: the full code path at toy sizes, {checks}; its numbers mean nothing")
+    return config
 
 
 def median_seconds(function: Callable[[], Any], repeats: int = 5) -> float:

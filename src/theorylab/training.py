@@ -162,3 +162,101 @@ def train_sgd(model: nn.Module, data: Split, *, batch: int | None, lr: float, wd
     if record is not None:
         history.append({"step": steps, **record(model)})
     return TrainResult(model=model, steps=steps, history=history, unrolled=tracker)
+
+
+@dataclass
+class EpochResult:
+    """What :func:`train_epochs` returns: the trained model and one history row per recorded epoch."""
+
+    model: nn.Module
+    epochs: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The CIFAR augmentation: zero-pad by ``padding``, crop back at a random offset, flip half the
+    images left-right (one offset and one coin per image), on the images' device."""
+    n, _, height, width = images.shape
+    padded = nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    out = padded[batch, channel, rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, epochs: int,
+                 milestones: Sequence[int] = (), gamma: float = 0.2, momentum: float = 0.0,
+                 loss: str = "cross_entropy", augment: bool = False, seed: int = 0,
+                 autocast: torch.dtype | None = None, record_every: int = 0,
+                 record: Callable[[nn.Module], dict[str, Any]] | None = None) -> EpochResult:
+    r"""SGD by epochs, the papers' protocol: each epoch visits a fresh permutation of the training set
+    in batches of ``batch`` (the last, smaller one kept), with PyTorch's ``SGD(lr, momentum,
+    weight_decay=wd)`` and the step schedule :math:`\mu_e = \mu\,\gamma^{|\{m \in \mathrm{milestones}:
+    m \le e\}|}` (``MultiStepLR``). Runs where ``data`` and ``model`` live (move both to the device
+    first); ``autocast`` (``torch.bfloat16``) runs the forward pass in reduced precision on CUDA.
+    Every ``record_every`` epochs (and at the end) ``record(model)`` is appended to the history, in
+    eval mode, with the epoch, the rate and the mean training loss of that epoch."""
+    import time
+
+    batch, epochs = positive_int("batch", batch), positive_int("epochs", epochs)
+    if lr <= 0 or wd < 0 or not 0 <= momentum < 1 or not 0 < gamma <= 1:
+        raise ValueError(f"need lr > 0, wd >= 0, 0 <= momentum < 1, 0 < gamma <= 1; "
+                         f"got lr={lr}, wd={wd}, momentum={momentum}, gamma={gamma}")
+    if loss not in ("cross_entropy", "squared"):
+        raise ValueError(f"loss: got {loss!r}, expected 'cross_entropy' or 'squared' (to +-1 targets)")
+    device = data.x_train.device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma)
+    history: list[dict[str, Any]] = []
+    n, steps, start = len(data.y_train), 0, time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        total, rate = torch.zeros((), device=device), optimizer.param_groups[0]["lr"]
+        for first in range(0, n, batch):
+            index = order[first:first + batch]
+            inputs, labels = data.x_train[index], data.y_train[index]
+            if augment:
+                inputs = random_crop_flip(inputs, generator)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                outputs = model(inputs)
+            outputs = outputs.float()
+            if loss == "squared":
+                objective = ((outputs - pm_one_targets(labels, outputs.shape[1])) ** 2).sum(dim=1).mean()
+            else:
+                objective = nn.functional.cross_entropy(outputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            total += objective.detach() * len(index)
+            steps += 1
+        schedule.step()
+        if record is not None and (epoch + 1 == epochs or (record_every and (epoch + 1) % record_every == 0)):
+            model.eval()
+            with torch.no_grad():
+                row = record(model)
+            history.append({"epoch": epoch + 1, "lr": rate, "train_loss": float(total) / n, **row})
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EpochResult(model=model, epochs=epochs, steps=steps, seconds=time.perf_counter() - start,
+                       history=history)
+
+
+def batched_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Fraction of ``argmax model(x) == y``, in eval mode and in batches of ``batch`` (full data sets
+    do not fit one forward pass); one host copy at the end."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        for first in range(0, len(y), batch):
+            correct += (model(x[first:first + batch]).argmax(dim=1) == y[first:first + batch]).sum()
+    return int(correct) / len(y)

@@ -22,13 +22,24 @@ def run_cli(capsys, *args):
     return status, captured.out, captured.err
 
 
-def test_list_shows_every_chapter_with_ci_and_full_values(capsys):
+def test_list_shows_every_chapter_with_ci_full_and_smoke_values_and_what_the_gpu_does(capsys):
     status, out, _ = run_cli(capsys, "list")
     assert status == 0
     for spec in chapters.CHAPTERS.values():
-        assert spec.name in out
+        assert spec.name in out and (spec.gpu or spec.cpu_reason) in out
         for name, param in spec.params.items():
             assert name in out and repr(param.ci) in out and repr(param.full) in out
+            assert repr(param.value("full", smoke=True)) in out
+    assert "on one GPU" not in out  # no chapter's full time has been measured on one
+
+
+def test_smoke_dry_run_resolves_the_smoke_values_into_their_own_folder(capsys, tmp_path):
+    status, out, _ = run_cli(capsys, "run", CHAPTER, "--profile", "full", "--smoke", "--dry-run",
+                             "--out", str(tmp_path))
+    plan = json.loads(out)
+    assert status == 0 and plan["output"] == str(tmp_path / f"{CHAPTER}-full-smoke")
+    assert plan["parameters"]["smoke"] is True
+    assert plan["parameters"]["n_starts"] == chapters.chapter(CHAPTER).params["n_starts"].smoke
 
 
 @pytest.mark.parametrize("args,message", [
@@ -43,6 +54,7 @@ def test_list_shows_every_chapter_with_ci_and_full_values(capsys):
     (["run", "all", "-p", "steps", "-3"], "rank-minimization: parameter 'steps': got -3"),
     (["run", CHAPTER, "-p", "seed", "3"], "use --seed instead"),
     (["run", CHAPTER, "--device", "tpu"], "device: got 'tpu'"),
+    (["run", CHAPTER, "--smoke"], "smoke shrinks the full profile"),
 ])
 def test_bad_command_lines_exit_2_naming_the_problem(capsys, tmp_path, args, message):
     status, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "runs"))

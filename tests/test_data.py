@@ -7,13 +7,20 @@ closed-form per-token entropy of a grammar with two sentence probabilities; and 
 tolerances (stated where used) for every statistical check, with fixed seeds."""
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import hashlib
 import itertools
 import math
+import pickle
+import struct
+import tarfile
 
 import numpy as np
 import pytest
 import torch
 
+from theorylab import data as data_module
 from theorylab.data import (
     BOOLEAN_TOKENS,
     ClassPopulation,
@@ -493,3 +500,117 @@ def test_gaussian_mixture_rejects_bad_arguments_with_value_error(args):
 def test_enumerated_language_has_no_duplicates():
     sentences = [tuple(s) for s in itertools.islice(enumerate_language(Grammar(p_clause=0.0)), 5000)]
     assert len(sentences) == len(set(sentences))
+
+
+# --- the papers' public image sets ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist"])
+def test_stand_ins_are_written_in_the_real_format_and_read_back(tmp_path, name):
+    folder = data_module.write_fake_public_set(name, tmp_path, n_train=25, n_test=10, seed=3)
+    spec = data_module.public_set(name)
+    assert data_module.is_cached(name, tmp_path) and folder == tmp_path / spec.folder
+    x_train, y_train, x_test, y_test = data_module.read_public_set(name, folder)
+    assert x_train.shape == (25, *spec.shape) and x_test.shape == (10, *spec.shape)
+    assert x_train.dtype == np.uint8 and y_train.max() < spec.n_classes and len(y_test) == 10
+
+
+def test_cifar_pickles_are_read_with_the_publishers_layout(tmp_path):
+    # written here by hand: rows of 3072 bytes, red plane then green then blue, labels under b"labels"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rows = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072) % 251
+    for k in range(1, 6):
+        (folder / f"data_batch_{k}").write_bytes(pickle.dumps({b"data": rows.astype(np.uint8), b"labels": [k, 0]}))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": rows.astype(np.uint8), b"labels": [9, 8]}))
+    x_train, y_train, _, y_test = data_module.read_public_set("cifar10", folder)
+    assert x_train.shape == (10, 3, 32, 32) and list(y_train[:4]) == [1, 0, 2, 0] and list(y_test) == [9, 8]
+    assert x_train[0, 1, 0, 0] == rows[0, 1024] and x_train[1, 2, 31, 31] == rows[1, 3071]
+
+
+def test_mnist_idx_files_are_read_from_their_headers(tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    images = np.arange(3 * 28 * 28, dtype=np.int64).reshape(3, 28, 28) % 256
+    for prefix, n in (("train", 3), ("t10k", 3)):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">I3I", 0x0803, n, 28, 28) + images.astype(np.uint8).tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x0801, n) + bytes([7, 1, 4]))
+    x_train, y_train, x_test, _ = data_module.read_public_set("mnist", folder)
+    assert x_train.shape == (3, 1, 28, 28) and np.array_equal(x_train[:, 0], images) and list(y_train) == [7, 1, 4]
+
+
+def _local_set(tmp_path, name="cifar10", tamper=False):
+    """A stand-in archive served from a file:// URL with its real MD5 (or a wrong one)."""
+    source = tmp_path / "source"
+    data_module.write_fake_public_set(name, source, 10, 5)
+    archive = tmp_path / "served" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = "0" * 32 if tamper else hashlib.md5(archive.read_bytes()).hexdigest()
+    spec = dataclasses.replace(data_module.public_set(name), urls=((archive.as_uri(), md5),))
+    return spec
+
+
+def test_first_use_downloads_verifies_and_extracts(tmp_path, monkeypatch):
+    spec = _local_set(tmp_path)
+    monkeypatch.setitem(data_module.PUBLIC_IMAGE_SETS, "cifar10", spec)
+    cache = tmp_path / "cache"
+    folder = data_module.ensure_public_set("cifar10", cache)
+    assert folder == cache / "cifar-10-batches-py" and data_module.is_cached("cifar10", cache)
+    assert data_module.read_public_set("cifar10", folder)[0].shape == (10, 3, 32, 32)
+
+
+def test_a_checksum_mismatch_keeps_nothing_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(data_module.PUBLIC_IMAGE_SETS, "cifar10", _local_set(tmp_path, tamper=True))
+    with pytest.raises(data_module.DatasetUnavailable, match="checksum mismatch"):
+        data_module.ensure_public_set("cifar10", tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.tar.gz*"))
+
+
+def test_offline_the_message_names_the_set_the_folder_and_the_files(tmp_path):
+    with pytest.raises(data_module.DatasetUnavailable) as error:
+        data_module.ensure_public_set("mnist", tmp_path, download=False)
+    text = str(error.value)
+    assert "MNIST" in text and str(tmp_path / "MNIST" / "raw") in text and "f68b3c2dcbeaaa9fbdd348bbdeb94873" in text
+    assert "THEORYLAB_DATA" in text and "--smoke" in text
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("THEORYLAB_DATA", str(tmp_path / "here"))
+    assert data_module.data_cache() == tmp_path / "here"
+    monkeypatch.delenv("THEORYLAB_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_module.data_cache() == tmp_path / "xdg" / "theorylab" / "data"
+
+
+def test_public_images_standardises_per_channel_with_training_statistics(tmp_path):
+    data_module.write_fake_public_set("cifar100", tmp_path, 60, 20, seed=1)
+    split = data_module.public_images("cifar100", root=tmp_path, download=False)
+    channel_mean = split.x_train.mean(dim=(0, 2, 3))
+    channel_std = split.x_train.double().std(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(channel_mean, torch.zeros(3), atol=1e-5)
+    assert torch.allclose(channel_std, torch.ones(3, dtype=torch.float64), atol=1e-5)
+    assert split.x_train.dtype == torch.float32 and split.y_train.dtype == torch.int64
+
+
+def test_smoke_writes_stand_ins_outside_the_cache_and_cleans_up(tmp_path):
+    split = data_module.public_images("mnist", smoke=True, root=tmp_path / "cache", smoke_sizes=(30, 12))
+    assert split.x_train.shape == (30, 1, 28, 28) and split.x_test.shape == (12, 1, 28, 28)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_gzip_members_of_mnist_are_unpacked_on_download(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    folder = data_module.write_fake_public_set("mnist", source, 8, 4)
+    urls = []
+    for file in data_module.public_set("mnist").files:
+        packed = tmp_path / "served" / f"{file}.gz"
+        packed.parent.mkdir(exist_ok=True)
+        packed.write_bytes(gzip.compress((folder / file).read_bytes()))
+        urls.append((packed.as_uri(), hashlib.md5(packed.read_bytes()).hexdigest()))
+    spec = dataclasses.replace(data_module.public_set("mnist"), urls=tuple(urls))
+    monkeypatch.setitem(data_module.PUBLIC_IMAGE_SETS, "mnist", spec)
+    target = data_module.ensure_public_set("mnist", tmp_path / "cache")
+    assert np.array_equal(data_module.read_public_set("mnist", target)[0],
+                          data_module.read_public_set("mnist", folder)[0])

@@ -114,3 +114,75 @@ def test_checkpoint_outside_a_cli_run_just_computes(monkeypatch):
     monkeypatch.delenv(runtime.RUN_DIR_ENV, raising=False)
     cfg = runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
     assert cfg.checkpoint("block", lambda: 42) == 42
+
+
+def test_every_knob_of_every_chapter_validates_in_every_profile_and_under_smoke():
+    for name, spec in chapters.CHAPTERS.items():
+        for profile, smoke in (("ci", False), ("full", False), ("full", True)):
+            values = runtime.resolve(name, profile, "cpu", 0, smoke)
+            assert all(values[k] == p.validate(k, p.value(profile, smoke)) for k, p in spec.params.items())
+
+
+def test_smoke_takes_the_smoke_values_and_needs_the_full_profile():
+    spec = chapters.chapter(CHAPTER)
+    values = runtime.resolve(CHAPTER, "full", "cpu", 0, smoke=True)
+    assert values["smoke"] is True and values["n_starts"] == spec.params["n_starts"].smoke
+    with pytest.raises(ValueError, match="smoke shrinks the full profile"):
+        runtime.resolve(CHAPTER, "ci", "cpu", 0, smoke=True)
+    with pytest.raises(ValueError, match="smoke: got 'yes'"):
+        runtime.resolve(CHAPTER, "full", "cpu", 0, smoke="yes")
+
+
+def test_chapters_without_a_gpu_role_run_on_the_cpu_and_the_others_keep_the_device(monkeypatch):
+    monkeypatch.setattr(runtime, "check_device", lambda device: "cuda")  # as on a machine with a GPU
+    for name, spec in chapters.CHAPTERS.items():
+        device = runtime.resolve(name, "full", "cuda", 0)["device"]
+        assert device == ("cuda" if spec.gpu else "cpu"), name
+        assert bool(spec.gpu) != bool(spec.cpu_reason)
+    with pytest.raises(ValueError, match="exactly one of gpu"):
+        chapters.ChapterSpec("x", "x", "x.ipynb", {}, 1, 1, gpu="", cpu_reason="")
+
+
+def test_threads_one_in_ci_and_smoke_every_core_in_full(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    runtime.configure("ci", "cpu", 0, chapter=CHAPTER)
+    runtime.configure("full", "cpu", 0, chapter=CHAPTER, smoke=True)
+    runtime.configure("full", "cpu", 0, chapter=CHAPTER)  # leaves torch's default: no call
+    runtime.configure("full", "cpu", 0, chapter=CHAPTER, threads=3)
+    assert calls == [1, 1, 3]
+    with pytest.raises(ValueError, match="threads"):
+        runtime.configure("ci", "cpu", 0, chapter=CHAPTER, threads=0)
+
+
+def test_from_notebook_reads_the_parameters_cell_and_names_what_is_missing():
+    spec = chapters.chapter(CHAPTER)
+    namespace = {"profile": "full", "device": "cpu", "seed": 4, "smoke": True,
+                 **{name: None for name in spec.params}, "n_starts": 3, "unrelated": object()}
+    config = runtime.from_notebook(namespace, CHAPTER)
+    assert (config.profile, config.seed, config.smoke, config.n_starts) == ("full", 4, True, 3)
+    assert config.mc_replications == spec.params["mc_replications"].smoke
+    del namespace["dense_max"]
+    with pytest.raises(ValueError, match=r"does not define \['dense_max'\]"):
+        runtime.from_notebook(namespace, CHAPTER)
+
+
+def test_metrics_record_the_hardware(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.RUN_DIR_ENV, str(tmp_path))
+    config = runtime.configure("full", "cpu", 0, chapter=CHAPTER, smoke=True)
+    config.record("a_check", value=1.0)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["smoke"] is True and metrics["device"] == "cpu" and metrics["device_name"]
+    assert metrics["torch_threads"] == torch.get_num_threads() and metrics["cpu_capability"]
+
+
+def test_median_seconds_times_the_calls_not_the_warm_up():
+    import time
+
+    calls = []
+
+    def work():
+        calls.append(None)
+        time.sleep(0.05 if len(calls) == 1 else 0.001)
+
+    assert runtime.median_seconds(work, repeats=3) < 0.04 and len(calls) == 4

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from theorylab import training
 from theorylab.data import Split
 from theorylab.training import (
     TrainResult,
@@ -379,3 +380,89 @@ def test_train_sgd_rejects_bad_arguments_with_value_error(kwargs):
 def test_train_sgd_rejects_zero_batch_with_value_error():
     with pytest.raises(ValueError):
         train_sgd(seeded_linear(), tiny_split(), batch=0, lr=0.1, wd=0.0, steps=2)
+
+
+# --- train_epochs: the papers' protocol ------------------------------------------------------------
+
+def _tiny_split(n=10, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, 0] > 0).long()
+    return Split(x, y, x, y)
+
+
+def test_train_epochs_takes_ceil_n_over_b_steps_per_epoch_and_follows_the_step_schedule():
+    model = nn.Linear(4, 2)
+    result = training.train_epochs(model, _tiny_split(10), batch=4, lr=0.5, wd=0.0, epochs=5,
+                                   milestones=(2, 4), gamma=0.1, record_every=1,
+                                   record=lambda m: {"mode": m.training})
+    assert result.steps == 5 * 3 and result.epochs == 5
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5]
+    rates = [row["lr"] for row in result.history]
+    assert rates == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005])  # lr * gamma^(milestones passed)
+    assert not any(row["mode"] for row in result.history) and not model.training
+
+
+def test_one_full_batch_epoch_is_one_plain_sgd_step_with_weight_decay():
+    split = _tiny_split(8)
+    torch.manual_seed(1)
+    model = nn.Linear(4, 2)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    loss = nn.functional.cross_entropy(model(split.x_train), split.y_train)
+    gw, gb = torch.autograd.grad(loss, (model.weight, model.bias))
+    training.train_epochs(model, split, batch=8, lr=0.1, wd=0.01, epochs=1)
+    # W <- W - lr (G + wd W): PyTorch's SGD with weight_decay, the update the chapters analyse
+    assert torch.allclose(model.weight, w0 - 0.1 * (gw + 0.01 * w0), atol=1e-6)
+    assert torch.allclose(model.bias, b0 - 0.1 * (gb + 0.01 * b0), atol=1e-6)
+
+
+def test_each_epoch_visits_every_sample_once():
+    visits = torch.zeros(10)
+
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            for row in x:
+                visits[int(row[0].item())] += 1
+            return self.linear(x)
+
+    x = torch.arange(10.0)[:, None].repeat(1, 4)
+    split = Split(x, torch.zeros(10, dtype=torch.long), x, torch.zeros(10, dtype=torch.long))
+    training.train_epochs(Counter(), split, batch=3, lr=0.01, wd=0.0, epochs=2)
+    assert torch.equal(visits, torch.full((10,), 2.0))
+
+
+def test_random_crop_flip_is_the_identity_or_a_mirror_without_padding():
+    images = torch.randn(16, 3, 8, 8)
+    out = training.random_crop_flip(images, torch.Generator().manual_seed(0), padding=0)
+    for before, after in zip(images, out, strict=True):
+        assert torch.equal(after, before) or torch.equal(after, before.flip(2))
+
+
+def test_random_crop_flip_shifts_by_at_most_the_padding():
+    image = torch.zeros(1, 1, 6, 6)
+    image[0, 0, 2, 3] = 1.0
+    for seed in range(20):
+        out = training.random_crop_flip(image, torch.Generator().manual_seed(seed), padding=2)
+        assert out.shape == image.shape and out.sum() <= 1
+        if out.sum() == 1:
+            row, col = (out[0, 0] == 1).nonzero()[0].tolist()
+            assert abs(row - 2) <= 2 and (abs(col - 3) <= 2 or abs(col - (5 - 3)) <= 2)
+
+
+def test_batched_accuracy_matches_one_pass():
+    split = _tiny_split(37, seed=4)
+    model = nn.Linear(4, 2)
+    full = (model(split.x_test).argmax(1) == split.y_test).float().mean().item()
+    assert training.batched_accuracy(model, split.x_test, split.y_test, batch=5) == pytest.approx(full)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch=0), dict(epochs=0), dict(lr=0.0), dict(momentum=1.0),
+                                    dict(gamma=0.0), dict(loss="hinge")])
+def test_train_epochs_names_bad_arguments(kwargs):
+    options = dict(batch=2, lr=0.1, wd=0.0, epochs=1) | kwargs
+    with pytest.raises(ValueError):
+        training.train_epochs(nn.Linear(4, 2), _tiny_split(), **options)

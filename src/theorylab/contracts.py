@@ -1271,7 +1271,7 @@ def hypergradient_timings(sizes: list[int], dense_sizes: list[int], *, seed: int
                           device: Any = "cpu") -> tuple[dict[int, float], dict[int, float]]:
     """Median seconds of one hypergradient, matrix-free (3 repeats) and dense (1 repeat, only for
     ``dense_sizes``), on :func:`tridiagonal_multitask_env` at :math:`\\beta = 0.5`; both methods get
-    the same inner solution, so only the hypergradient is timed."""
+    the same inner solution, so only the hypergradient is timed (CUDA synchronised)."""
     from .runtime import median_seconds
 
     matrix_free, dense = {}, {}
@@ -1280,8 +1280,8 @@ def hypergradient_timings(sizes: list[int], dense_sizes: list[int], *, seed: int
         theta = torch.full((n,), 0.5, dtype=DTYPE, device=device)
         action = env.best_response(theta)
         matrix_free[n] = median_seconds(functools.partial(hypergradient, env, theta, action=action),
-                                        repeats=3)
+                                        repeats=3, device=device)
         if n in dense_sizes:
             dense[n] = median_seconds(
-                functools.partial(dense_hypergradient, env, theta, action=action), repeats=1)
+                functools.partial(dense_hypergradient, env, theta, action=action), repeats=1, device=device)
     return matrix_free, dense

@@ -279,17 +279,29 @@ def from_notebook(namespace: dict[str, Any], chapter: str) -> Config:
     return config
 
 
-def median_seconds(function: Callable[[], Any], repeats: int = 5) -> float:
-    """Median wall time of ``repeats`` calls of ``function`` (after one warm-up call)."""
+def median_seconds(function: Callable[[], Any], repeats: int = 5, device: Any = "cpu") -> float:
+    """Median wall time of ``repeats`` calls of ``function`` (after one warm-up call). On a CUDA
+    ``device`` each call is bracketed by ``torch.cuda.synchronize``: kernels run asynchronously, so
+    without it the clock would stop when the work is queued, not when it is done."""
     import time
+
+    import torch
 
     if repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    device = torch.device(device)
+
+    def wait() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     function()
     times = []
     for _ in range(repeats):
+        wait()
         start = time.perf_counter()
         function()
+        wait()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 

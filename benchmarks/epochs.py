@@ -11,7 +11,6 @@ side by side.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 

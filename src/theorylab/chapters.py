@@ -173,7 +173,9 @@ CHAPTERS: dict[str, ChapterSpec] = {
         ci_seconds=70,
         full_minutes=10,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
-                  "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device)",
+                  "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device); still the tiny "
+                  "models of ci on generated text with target passes padded to 40 ms, not the paper's real "
+                  "model pairs",
     ),
     "decision-tree-language-models": ChapterSpec(
         name="decision-tree-language-models",
@@ -196,14 +198,14 @@ CHAPTERS: dict[str, ChapterSpec] = {
                                      minimum=10, smoke=20),
         },
         module="ardt",
-        cpu_reason="its trees, automata and circuits are NumPy and scikit-learn code and its transformers are "
-                   "too small for a GPU to pay; the language-model chapters' issue moves the paper's "
-                   "pipeline to the GPU",
+        cpu_reason="its trees, automata and circuits are NumPy and scikit-learn code, and its transformers "
+                   "are too small for a GPU to pay",
         ci_seconds=75,
         full_minutes=30,
         full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
                   "200 boosting rounds (both tree models), 10x longer transformer training, 30x longer "
-                  "for the two reasoning transformers (estimated on CPU; not run)",
+                  "for the two reasoning transformers; the generated languages of ci, not the paper's "
+                  "TinyStories",
     ),
     "collapse-and-transfer": ChapterSpec(
         name="collapse-and-transfer",
@@ -288,3 +290,39 @@ def chapter(name: str) -> ChapterSpec:
     return CHAPTERS[name]
 
 
+
+
+def full_profile_text(name: str) -> str:
+    """The box a chapter shows about its ``full`` profile, as MyST Markdown, written from the table:
+    what it runs, its data, what the GPU does, the expected time (measured or an estimate, said which)
+    and the commands."""
+    from .data import DATA_ENV, public_set
+
+    spec = chapter(name)
+    if spec.datasets:
+        sets = ", ".join(public_set(key).title for key in spec.datasets)
+        data = (f"{sets}, downloaded on first use into the cache folder (`${DATA_ENV}`, by default "
+                "`~/.cache/theorylab/data`); offline, the run stops before any work and says where to "
+                "place the files.")
+    else:
+        data = "Generated on the spot, as in `ci`; nothing is downloaded."
+    gpu = spec.gpu if spec.gpu else f"none; it runs on the CPU because {spec.cpu_reason}"
+    device = "cuda" if spec.gpu else "cpu"
+    where = "one GPU" if spec.gpu else "the CPU, every core"
+    kind = "measured" if spec.full_measured else "an estimate, not yet measured"
+    return "\n".join([
+        ":::{admonition} The `full` profile", ":class: tip",
+        f"**What it runs.** {spec.full_note[:1].upper()}{spec.full_note[1:]}.", "",
+        f"**Data.** {data}", "",
+        f"**The GPU.** {gpu[:1].upper()}{gpu[1:]}.", "",
+        f"**Time.** About {spec.full_minutes:g} minutes on {where} ({kind}).", "",
+        f"**Commands.** `theorylab run {name} --profile full --device {device}`; before a long run, "
+        f"`theorylab run {name} --profile full --smoke` runs the same code path at toy sizes in "
+        "seconds on a CPU.", ":::"])
+
+
+def full_profile_box(name: str):
+    """:func:`full_profile_text` as a Markdown display object, for a chapter cell."""
+    from IPython.display import Markdown
+
+    return Markdown(full_profile_text(name))

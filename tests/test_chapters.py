@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from theorylab import baselines, cli, chapters
+from theorylab import baselines, chapters, cli, data
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(chapters.CHAPTERS.values(), key=lambda spec: spec.name)
@@ -92,3 +92,22 @@ def test_every_chapter_has_a_baseline_calibrated_on_five_seeds_and_three_cpu_ker
     assert {run["seed"] for run in runs} >= set(range(5))
     assert {str(run["cpu_capability"]).lower() for run in runs} >= {"default", "avx2"}
     assert document["metrics"], "a chapter with checks records numbers"
+
+
+def test_every_chapter_shows_its_full_profile_box_from_the_table(chapter):
+    spec, _, notebook = chapter
+    sources = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    assert f'chapters.full_profile_box("{spec.name}")' in sources
+
+
+@pytest.mark.parametrize("name", sorted(chapters.CHAPTERS))
+def test_full_profile_box_says_what_runs_where_how_long_and_how(name):
+    spec = chapters.chapter(name)
+    text = chapters.full_profile_text(name)
+    device = "cuda" if spec.gpu else "cpu"
+    assert text.startswith(":::{admonition}") and text.endswith(":::")
+    assert f"theorylab run {name} --profile full --device {device}" in text and "--smoke" in text
+    assert f"About {spec.full_minutes:g} minutes" in text
+    assert ("(measured)" in text) == spec.full_measured and ("an estimate" in text) != spec.full_measured
+    for key in spec.datasets:
+        assert data.public_set(key).title in text

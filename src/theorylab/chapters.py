@@ -97,6 +97,10 @@ class ChapterSpec:
     cpu_reason: str = ""
     full_measured: bool = False
     """Whether :attr:`full_minutes` was measured on a GPU (otherwise it is an estimate)."""
+    tf32: bool = False
+    """Whether the chapter's numerics allow TF32 matrix products on CUDA (set by ``configure``)."""
+    precision: str = "float32 on the device; float64 where the chapter says so"
+    """What precision the chapter computes in on a GPU, and where it needs float64."""
 
     def __post_init__(self) -> None:
         if bool(self.gpu) == bool(self.cpu_reason):
@@ -124,6 +128,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
         module="contracts",
         gpu="every environment, solve and Monte-Carlo replication runs in float64 on the device; the "
             "scaling run's conjugate-gradient solves and their timings (synchronised) are the GPU's share",
+        precision="float64 throughout (the implicit solves and the 1e-8 recovery checks need it); no TF32",
         ci_seconds=55,
         full_minutes=15,
         full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
@@ -170,6 +175,8 @@ CHAPTERS: dict[str, ChapterSpec] = {
         module="speculative",
         gpu="one copy of the target model per CUDA device in the wall-clock runs; the latency model, the "
             "emulation and the sampling test are NumPy on the host",
+        precision="float32 model passes, no TF32 (greedy identity compares argmaxes); NumPy float64 for the "
+                  "latency model",
         ci_seconds=70,
         full_minutes=10,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
@@ -314,7 +321,8 @@ def full_profile_text(name: str) -> str:
         ":::{admonition} The `full` profile", ":class: tip",
         f"**What it runs.** {spec.full_note[:1].upper()}{spec.full_note[1:]}.", "",
         f"**Data.** {data}", "",
-        f"**The GPU.** {gpu[:1].upper()}{gpu[1:]}.", "",
+        f"**The GPU.** {gpu[:1].upper()}{gpu[1:]}." + (f" Precision: {spec.precision}." if spec.gpu else ""),
+        "",
         f"**Time.** About {spec.full_minutes:g} minutes on {where} ({kind}).", "",
         f"**Commands.** `theorylab run {name} --profile full --device {device}`; before a long run, "
         f"`theorylab run {name} --profile full --smoke` runs the same code path at toy sizes in "

@@ -78,7 +78,8 @@ def command_list(args: argparse.Namespace) -> int:
         estimate = "measured" if spec.full_measured else "an estimate"
         print(f"  ci: about {spec.ci_seconds:g} s on 2 CPU cores; full: about {spec.full_minutes:g} min "
               f"({estimate}): {spec.full_note}")
-        print(f"  GPU: {spec.gpu}" if spec.gpu else f"  GPU: none, runs on the CPU: {spec.cpu_reason}")
+        print(f"  GPU: {spec.gpu}; precision: {spec.precision}" if spec.gpu
+              else f"  GPU: none, runs on the CPU: {spec.cpu_reason}")
         if spec.datasets:
             names = ", ".join(data.public_set(name).title for name in spec.datasets)
             print(f"  full downloads on first use: {names} (into ${data.DATA_ENV}, default {data.data_cache()})")

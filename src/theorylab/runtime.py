@@ -250,6 +250,13 @@ def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapt
         torch.set_num_threads(threads)
         threadpool_limits(threads)
     seed_everything(values["seed"])
+    if values["device"].startswith("cuda"):
+        # TF32 products (10-bit mantissa) only where the chapter table says the numerics allow them
+        from . import chapters as table
+
+        allow = table.chapter(chapter).tf32
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
     run_dir = os.environ.get(RUN_DIR_ENV)
     params = {k: v for k, v in values.items() if k not in ("profile", "device", "seed", "smoke")}
     return Config(chapter=chapter, profile=values["profile"], device=torch.device(values["device"]),

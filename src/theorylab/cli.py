@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,7 @@ def command_run(args: argparse.Namespace) -> int:
                            for name in known})
         print(f"== {spec.name} ({args.profile}, device {resolved['device']}) -> {output}", flush=True)
         os.environ[runtime.RUN_DIR_ENV] = str(out_dir.resolve())
+        os.environ[runtime.COMMAND_ENV] = shlex.join(["theorylab", *args.argv])
         if args.compare_baselines:
             os.environ[baselines.COMPARE_ENV] = "1"
         if args.smoke:  # at toy sizes the claims need not hold: the kernel runs with assertions off
@@ -188,6 +190,7 @@ def command_run(args: argparse.Namespace) -> int:
             failed = f"{_describe_cell(output, error.exec_count)}: {error.ename}: {error.evalue}"
         finally:
             os.environ.pop(runtime.RUN_DIR_ENV, None)
+            os.environ.pop(runtime.COMMAND_ENV, None)
             if args.smoke:
                 os.environ.pop("PYTHONOPTIMIZE", None)
         seconds = time.perf_counter() - start
@@ -318,7 +321,9 @@ def _seed(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     handlers: dict[str, Any] = {"list": command_list, "run": command_run, "refresh": command_refresh,
                                 "baselines": command_baselines}
     try:

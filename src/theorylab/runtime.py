@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ class Config:
     run_dir: Path | None
     smoke: bool = False
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    provenance: dict[str, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         params = self.__dict__.get("params", {})
@@ -132,9 +135,13 @@ class Config:
                                               + "\n  ".join(problems))
         if self.run_dir is not None:
             path = self.run_dir / "metrics.json"
+            if self.provenance is None:
+                self.provenance = provenance(self.chapter)
+            provenance_now = {**self.provenance, "wall_seconds": round(time.monotonic() - self.started, 1)}
             path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
                                         "smoke": self.smoke, "seed": self.seed, **self.hardware(),
-                                        "params": self.params, "checks": self.metrics}, indent=2))
+                                        "params": self.params, "checks": self.metrics,
+                                        "provenance": provenance_now}, indent=2))
 
     def hardware(self) -> dict[str, Any]:
         """Where this run computes: the device and its name, torch's threads, the CPU's vector kernels."""
@@ -196,6 +203,47 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+COMMAND_ENV = "THEORYLAB_COMMAND"
+"""Environment variable holding the command line of a CLI run (recorded in ``metrics.json``)."""
+
+
+def provenance(chapter_name: str) -> dict[str, Any]:
+    """Where a run's numbers come from: the book's commit (and whether the tree had uncommitted
+    changes), the chapter's source hash, Python and package versions, the CPU and its core count, the
+    command and the start time (UTC). Wall time is added when metrics are written."""
+    import importlib.metadata
+    import platform
+    import subprocess
+    from datetime import UTC, datetime
+
+    from .cli import book_root, source_hash
+
+    root = book_root()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    versions = {}
+    for package in ("theorylab", "torch", "numpy", "scipy", "scikit-learn", "sympy", "papermill", "xgboost-cpu"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    markdown = root / "chapters" / f"{chapter_name}.md"
+    return {"commit": commit, "dirty": bool(status) if status is not None else None,
+            "source_hash": source_hash(root, markdown) if markdown.exists() else None,
+            "python": platform.python_version(), "packages": versions, "cpu": platform_processor(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "command": os.environ.get(COMMAND_ENV, "a notebook run outside the CLI"),
+            "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def platform_processor() -> str:
@@ -290,8 +338,6 @@ def median_seconds(function: Callable[[], Any], repeats: int = 5, device: Any = 
     """Median wall time of ``repeats`` calls of ``function`` (after one warm-up call). On a CUDA
     ``device`` each call is bracketed by ``torch.cuda.synchronize``: kernels run asynchronously, so
     without it the clock would stop when the work is queued, not when it is done."""
-    import time
-
     import torch
 
     if repeats < 1:

@@ -57,7 +57,7 @@ def test_notebook_outputs_come_from_the_current_sources(chapter):
     spec, path, notebook = chapter
     recorded = notebook.metadata.get("theorylab", {})
     assert recorded.get("success") is True and recorded.get("profile") == "ci"
-    assert recorded.get("source_hash") == cli.source_hash(ROOT, path.with_suffix(".md")), (
+    assert recorded.get("source_hash") == cli.page_hash(ROOT, path.with_suffix(".md")), (
         "the chapter or the package changed since the outputs were made: run `theorylab refresh`")
 
 

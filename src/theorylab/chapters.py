@@ -5,6 +5,7 @@ chapter's box about its ``full`` profile quotes it.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,8 @@ class ChapterSpec:
     """Whether the chapter's numerics allow TF32 matrix products on CUDA (set by ``configure``)."""
     precision: str = "float32 on the device; float64 where the chapter says so"
     """What precision the chapter computes in on a GPU, and where it needs float64."""
+    headline: tuple[str, ...] = ()
+    """Recorded numbers (``check.key`` leaves of ``metrics.json``) the box shows for ``ci`` and ``full``."""
 
     def __post_init__(self) -> None:
         if bool(self.gpu) == bool(self.cpu_reason):
@@ -299,10 +302,11 @@ def chapter(name: str) -> ChapterSpec:
 
 
 
-def full_profile_text(name: str) -> str:
+def full_profile_text(name: str, root: Any = None) -> str:
     """The box a chapter shows about its ``full`` profile, as MyST Markdown, written from the table:
-    what it runs, its data, what the GPU does, the expected time (measured or an estimate, said which)
-    and the commands."""
+    what it runs, its data, what the GPU does, the expected time (measured or an estimate, said which),
+    the commands, and its headline numbers in ``ci`` beside the published ``full`` result (see
+    :mod:`theorylab.results`), with that result's provenance and whether it is stale."""
     from .data import DATA_ENV, public_set
 
     spec = chapter(name)
@@ -326,7 +330,55 @@ def full_profile_text(name: str) -> str:
         f"**Time.** About {spec.full_minutes:g} minutes on {where} ({kind}).", "",
         f"**Commands.** `theorylab run {name} --profile full --device {device}`; before a long run, "
         f"`theorylab run {name} --profile full --smoke` runs the same code path at toy sizes in "
-        "seconds on a CPU.", ":::"])
+        "seconds on a CPU.", "", *results_lines(name, root), ":::"])
+
+
+def _number(entry: dict | None, center: str, spread: str) -> str:
+    if not entry or entry.get(center) is None:
+        return "—"
+    text = f"{entry[center]:.3g}"
+    return text + (f" ± {entry[spread]:.2g}" if entry.get(spread) else "")
+
+
+def results_lines(name: str, root: Any = None) -> list[str]:
+    """The box's lines about full-scale results: a table of the headline numbers, ``ci`` (the committed
+    calibration runs: centre ± spread over seeds and CPU kernels) beside ``full`` (the published result:
+    mean ± standard deviation over its seeds), with that run's hardware, date, commit and seeds."""
+    from pathlib import Path
+
+    from . import baselines, results
+
+    if root is None:
+        from .cli import book_root
+
+        root = book_root()
+    spec = chapter(name)
+    document = results.load(Path(root), name)
+    if document is None:
+        return ["**At full scale.** Not yet run at full scale: no published result."]
+    where = document["provenance"]
+    seeds = document["seeds"]
+    state = []
+    if results.is_stale(Path(root), document):
+        state.append("**stale**: the chapter has changed since this run")
+    if document["smoke"]:
+        state.append("a `--smoke` run at toy sizes, whose numbers mean nothing")
+    if document["status"] != "ok":
+        state.append("**a check failed**: " + "; ".join(document["failures"])[:300])
+    commit = (where.get("commit") or "unknown")[:10] + (" with uncommitted changes" if where.get("dirty") else "")
+    lines = [f"**At full scale.** {len(seeds)} seed(s) on {where['device_name']} ({where['device']}), "
+             f"{where['started_utc'][:10]}, commit {commit}, {where['wall_seconds']:.0f} s"
+             + (f"; {'; '.join(state)}." if state else ".")]
+    ci = {}
+    baseline_file = baselines.baseline_path(Path(root), name)
+    if baseline_file.exists():
+        ci = json.loads(baseline_file.read_text())["metrics"]
+    leaves = spec.headline or tuple(sorted(document["metrics"]))[:6]
+    lines += ["", "| number | ci (this page) | full |", "| --- | --- | --- |"]
+    for leaf in leaves:
+        lines.append(f"| `{leaf}` | {_number(ci.get(leaf), 'value', 'spread')} "
+                     f"| {_number(document['metrics'].get(leaf), 'mean', 'std')} |")
+    return lines
 
 
 def full_profile_box(name: str):

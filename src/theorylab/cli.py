@@ -3,7 +3,10 @@
     theorylab list
     theorylab run CHAPTER|all [--profile ci|full [--smoke]] [--device auto|cpu|cuda|cuda:N] [--seed N]
                   [--out runs/] [-p NAME VALUE ...] [--force | --resume] [--dry-run]
+    theorylab sweep CHAPTER...|all [--profile P [--smoke]] --seeds 0 1 2 [-p NAME VALUE ...]
+                    [--executor local|slurm] [--jobs N] [--gpus 0,1] [--partition P] [--time MIN]
     theorylab refresh [CHAPTER ...] [--force]
+    theorylab publish RUN_DIR [--force]
     theorylab baselines CHAPTER|all --from RUNS [RUNS ...] [--force]
 
 Every value is validated (by :func:`theorylab.runtime.resolve`) before anything runs or is written.
@@ -205,6 +208,47 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if any(row[2] not in ("ok", "kept") for row in summary) else 0
 
 
+def command_sweep(args: argparse.Namespace) -> int:
+    """Plan every job (validated), run them on submitit, print one table, write ``OUT/sweep.json``."""
+    from . import sweep
+
+    try:
+        jobs = sweep.plan(args.chapter, profile=args.profile, seeds=args.seeds, grid=args.param or [],
+                          device=args.device, smoke=args.smoke, out=args.out)
+        gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
+        if args.executor == "slurm":
+            executor = sweep.slurm_executor(Path(args.out) / "submitit", partition=args.partition,
+                                            time_min=args.time, gpus_per_job=args.gpus_per_job,
+                                            max_parallel=args.jobs, cpus_per_job=args.cpus_per_job)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    busy = [job.name for job in jobs if job.folder.exists() and any(job.folder.iterdir())]
+    if busy and not (args.resume or args.force):
+        raise UsageError(f"{len(busy)} job folder(s) under {args.out} already hold runs (e.g. {busy[0]}); "
+                         "pass --resume to continue them or --force to start afresh")
+    if args.force:
+        for job in jobs:
+            shutil.rmtree(job.folder, ignore_errors=True)
+    print(f"sweep: {len(jobs)} job(s) on {args.executor}, at most {args.jobs} at once -> {args.out}", flush=True)
+    if args.executor == "local":
+        try:
+            results = sweep.run_local(jobs, max_parallel=args.jobs, gpus=gpus, timeout_min=args.time)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    else:
+        results = sweep.run_slurm(jobs, executor)
+    summary = sweep.write_summary(args.out, jobs, results)
+    rows = [[r["job"], r["status"], f"{r['seconds']:.1f}", r["failure"][:60], r["log"] if r["status"] != "ok" else ""]
+            for r in results]
+    print()
+    print(_table(rows, ["job", "status", "seconds", "failure", "log"]))
+    failed = [r["job"] for r in results if r["status"] != "ok"]
+    print(f"\n{len(results) - len(failed)} of {len(results)} jobs ok; means and spreads over seeds in {summary}")
+    if failed:
+        print(f"theorylab: failed: {', '.join(failed)} (logs above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def source_hash(root: Path, markdown: Path) -> str:
     """SHA-256 of what a chapter's outputs depend on: its code cells, the package, the pins, and its
     baseline (whose calibration spreads the chapter prints)."""
@@ -215,6 +259,19 @@ def source_hash(root: Path, markdown: Path) -> str:
         if path.exists():
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def page_hash(root: Path, markdown: Path) -> str:
+    """What a chapter's committed page depends on: :func:`source_hash` and its published full result
+    (which its box shows). Kept apart from :func:`source_hash`, which a published result records and
+    which therefore cannot cover the result itself."""
+    from . import results
+
+    digest = hashlib.sha256(source_hash(root, markdown).encode())
+    published = results.path(root, markdown.stem)
+    if published.exists():
+        digest.update(published.read_bytes())
     return digest.hexdigest()
 
 
@@ -231,7 +288,7 @@ def command_refresh(args: argparse.Namespace) -> int:
         markdown = notebook.with_suffix(".md")
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--update", "--to", "ipynb",
                         "--output", str(notebook), str(markdown)], check=True)
-        digest = source_hash(root, markdown)
+        digest = page_hash(root, markdown)
         recorded = nbformat.read(notebook, as_version=4).metadata.get("theorylab", {})
         if recorded.get("source_hash") == digest and recorded.get("success") and not args.force:
             print(f"{spec.name}: up to date")
@@ -254,6 +311,21 @@ def command_refresh(args: argparse.Namespace) -> int:
         nbformat.write(executed, notebook)
         print(f"{spec.name}: {'ok' if success else 'FAILED'} in {seconds:.1f} s")
     return status
+
+
+def command_publish(args: argparse.Namespace) -> int:
+    """Copy a full run's (or a sweep's) metrics, aggregated over seeds, into ``results/full/CHAPTER.json``."""
+    from . import results
+
+    try:
+        target = results.publish(args.run_dir, book_root(), force=args.force)
+    except (ValueError, FileExistsError) as error:
+        raise UsageError(str(error)) from None
+    document = json.loads(target.read_text())
+    print(f"{document['chapter']}: {len(document['seeds'])} seed(s), {len(document['metrics'])} numbers, "
+          f"status {document['status']} -> {target}; run `theorylab refresh {document['chapter']}` "
+          "to show it on the page")
+    return 0
 
 
 def command_baselines(args: argparse.Namespace) -> int:
@@ -302,15 +374,47 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved parameters, run nothing")
     run.add_argument("--compare-baselines", action="store_true",
                      help="fail a check cell whose recorded numbers leave the committed ci baseline's tolerance")
+    sweep = commands.add_parser("sweep", help="run chapters x seeds x parameter points as jobs on submitit")
+    sweep.add_argument("chapter", nargs="+", help="chapter names, or 'all'")
+    sweep.add_argument("--profile", default="ci", help="ci (default) or full")
+    sweep.add_argument("--smoke", action="store_true", help="with --profile full: toy sizes")
+    sweep.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    sweep.add_argument("--seeds", nargs="+", type=_seed, default=[0], help="seeds (default 0)")
+    sweep.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                       help="a parameter value; repeat a name for several values (their product is swept)")
+    sweep.add_argument("--out", default="runs/sweep", help="folder of the job folders and sweep.json")
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
+    sweep.add_argument("--jobs", type=_positive, default=1, help="jobs at once (local) or array parallelism")
+    sweep.add_argument("--gpus", default="", help="local: comma-separated GPU indices, one per running job")
+    sweep.add_argument("--time", type=_positive, default=24 * 60, help="minutes per job (default 1440)")
+    sweep.add_argument("--partition", default=None, help="slurm: partition")
+    sweep.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs per job (default 1)")
+    sweep.add_argument("--cpus-per-job", type=_positive, default=None, help="slurm: CPUs per job")
+    again = sweep.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the jobs found in --out")
+    again.add_argument("--force", action="store_true", help="delete the jobs' folders and start afresh")
     refresh = commands.add_parser("refresh", help="sync .md -> .ipynb and re-execute stale chapters")
     refresh.add_argument("chapter", nargs="*", help="chapter names (default: all)")
     refresh.add_argument("--force", action="store_true", help="re-execute even when up to date")
+    publish = commands.add_parser("publish", help="copy a full run's metrics into results/full/CHAPTER.json")
+    publish.add_argument("run_dir", help="a theorylab run folder, or a sweep's --out folder (one chapter)")
+    publish.add_argument("--force", action="store_true", help="replace an existing result")
     calibrate = commands.add_parser("baselines", help="write ci baselines and tolerances from calibration runs")
     calibrate.add_argument("chapter", nargs="+", help="chapter names, or 'all'")
     calibrate.add_argument("--from", dest="runs", nargs="+", required=True,
                            help="run folders (theorylab run --out) of the ci profile, several seeds and CPUs")
     calibrate.add_argument("--force", action="store_true", help="replace existing baseline files")
     return main
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected a positive integer")
+    return value
 
 
 def _seed(text: str) -> int:
@@ -325,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
     handlers: dict[str, Any] = {"list": command_list, "run": command_run, "refresh": command_refresh,
-                                "baselines": command_baselines}
+                                "baselines": command_baselines, "sweep": command_sweep,
+                                "publish": command_publish}
     try:
         return handlers[args.command](args)
     except UsageError as error:

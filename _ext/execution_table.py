@@ -1,7 +1,9 @@
-"""Sphinx directive ``execution-table``: one row per chapter notebook with its last execution.
+"""Sphinx directive ``execution-table``: what built this copy of the book, then one row per chapter
+notebook with its last ``ci`` execution and its latest published ``full`` run.
 
 Reads the ``theorylab`` metadata that ``theorylab refresh`` writes into each ``chapters/*.ipynb``
-(profile, seconds, success, time of execution), so the page cannot drift from the notebooks.
+(profile, seconds, success, time and machine of execution) and ``results/full/CHAPTER.json`` (see
+``theorylab.results``), so the page cannot drift from the notebooks.
 """
 from __future__ import annotations
 
@@ -11,7 +13,53 @@ from pathlib import Path
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
 
-COLUMNS = ("chapter", "profile", "run time", "success", "executed")
+COLUMNS = ("chapter", "ci run time", "checks", "executed", "executed on", "latest full run")
+
+
+def _build_environment(srcdir: Path) -> str:
+    """One sentence: the commit, Python and package versions and CPU of this build."""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(srcdir), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=10", "HEAD") or "unknown (not a git checkout)"
+    dirty = " with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    versions = []
+    for package in ("theorylab", "torch", "numpy", "jupyter-book", "myst-nb"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        from theorylab.runtime import platform_processor
+
+        cpu = platform_processor()
+    except ImportError:
+        cpu = platform.processor() or platform.machine()
+    return (f"This copy of the book was built from commit {commit}{dirty} with Python "
+            f"{platform.python_version()} ({', '.join(versions)}) on {cpu}.")
+
+
+def _full_run(srcdir: Path, chapter: str) -> str:
+    path = srcdir / "results" / "full" / f"{chapter}.json"
+    if not path.exists():
+        return "not yet run at full scale"
+    document = json.loads(path.read_text())
+    where = document["provenance"]
+    text = (f"{where['started_utc'][:10]}, {len(document['seeds'])} seed(s) on {where['device_name']}, "
+            f"{document['status']}")
+    try:
+        from theorylab import results
+
+        if results.is_stale(srcdir, document):
+            text += ", stale"
+    except ImportError:
+        pass
+    return text + (", smoke" if document.get("smoke") else "")
 
 
 def _row(cells: list[nodes.Node | str]) -> nodes.row:
@@ -44,12 +92,17 @@ class ExecutionTable(SphinxDirective):
             ref = nodes.reference("", path.stem, internal=True,
                                   refuri=self.env.app.builder.get_relative_uri(self.env.docname, docname))
             link += ref
-            body += _row([link, meta.get("profile", "never executed"),
-                          f"{meta['seconds']:.1f} s" if "seconds" in meta else "",
-                          {True: "yes", False: "no"}.get(meta.get("success"), ""),
-                          meta.get("executed_at", "")])
+            machine = meta.get("executed_on", {})
+            on = (f"{machine['cpu']} ({machine['cpu_count']} cores), Python {machine['python']}, "
+                  f"torch {machine['torch']}") if machine else ""
+            body += _row([link, f"{meta['seconds']:.1f} s" if "seconds" in meta else "never executed",
+                          {True: "all passed", False: "FAILED"}.get(meta.get("success"), ""),
+                          meta.get("executed_at", ""), on, _full_run(srcdir, path.stem)])
+            results_file = srcdir / "results" / "full" / f"{path.stem}.json"
+            if results_file.exists():
+                self.env.note_dependency(str(results_file))
         group += body
-        return [table]
+        return [nodes.paragraph(text=_build_environment(srcdir)), table]
 
 
 def setup(app):

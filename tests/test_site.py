@@ -97,3 +97,18 @@ def test_screenshot_of_the_chapter(server, tmp_path):
     shot.unlink(missing_ok=True)
     chromium(f"--screenshot={shot}", "--window-size=1280,2400", f"{server}/chapters/contract-design.html", tmp_path=tmp_path)
     assert shot.exists() and shot.stat().st_size > 50_000
+
+
+def test_each_chapter_shows_its_full_profile_box_rendered(rendered):
+    text = visible_text(rendered)
+    assert "The full profile" in text and "What it runs." in text and "At full scale." in text
+    assert ":::" not in text and "{admonition}" not in text  # the Markdown output was parsed as MyST
+
+
+def test_executions_page_says_what_built_the_book_and_each_chapters_runs(server, tmp_path):
+    text = visible_text(chromium("--dump-dom", f"{server}/executions.html", tmp_path=tmp_path))
+    assert "This copy of the book was built from commit" in text and "Python 3.11" in text
+    for page in PAGES:
+        assert page.split("/")[1].removesuffix(".html") in text
+    assert text.count("all passed") == len(PAGES)
+    assert "not yet run at full scale" in text or "seed(s) on" in text

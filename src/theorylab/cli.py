@@ -304,9 +304,15 @@ def command_refresh(args: argparse.Namespace) -> int:
             status = 1
         seconds = time.perf_counter() - start
         executed = nbformat.read(notebook, as_version=4)
+        import platform
+
+        import torch
+
         executed.metadata["theorylab"] = {
             "source_hash": digest, "profile": "ci", "seconds": round(seconds, 1), "success": success,
             "executed_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "executed_on": {"cpu": runtime.platform_processor(), "cpu_count": os.cpu_count(),
+                            "python": platform.python_version(), "torch": torch.__version__},
         }
         nbformat.write(executed, notebook)
         print(f"{spec.name}: {'ok' if success else 'FAILED'} in {seconds:.1f} s")

@@ -101,7 +101,7 @@ def test_screenshot_of_the_chapter(server, tmp_path):
 
 def test_each_chapter_shows_its_full_profile_box_rendered(rendered):
     text = visible_text(rendered)
-    assert "The full profile" in text and "What it runs." in text and "At full scale." in text
+    assert re.search(r"The\s+full\s+profile", text) and "What it runs." in text and "At full scale." in text
     assert ":::" not in text and "{admonition}" not in text  # the Markdown output was parsed as MyST
 
 

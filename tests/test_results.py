@@ -22,7 +22,7 @@ def _fake_run(folder: Path, monkeypatch, seed=0, value=1.0, profile="full", stat
     config = runtime.configure(profile, "cpu", seed, chapter=CHAPTER, smoke=profile == "full")
     config.record(check, worst_single_task=value, curve=[value, 2 * value])
     failure = "" if status == "ok" else "cell In [9] (`assert x`): AssertionError: x"
-    (folder / "status.json").write_text(json.dumps({"status": status, "failure": failure}))
+    (folder / "status.json").write_text(json.dumps({"chapter": CHAPTER, "status": status, "failure": failure}))
     monkeypatch.delenv(runtime.RUN_DIR_ENV)
 
 
@@ -42,7 +42,7 @@ def book(tmp_path):
 
 def test_publish_one_run_writes_a_valid_document_with_provenance(tmp_path, monkeypatch):
     _fake_run(tmp_path / "run", monkeypatch)
-    target = results.publish(tmp_path / "run", tmp_path / "book")
+    [target] = results.publish(tmp_path / "run", tmp_path / "book")
     document = json.loads(target.read_text())
     results.validate(document)
     assert target == tmp_path / "book" / "results" / "full" / f"{CHAPTER}.json"

@@ -198,8 +198,8 @@ def command_run(args: argparse.Namespace) -> int:
                 os.environ.pop("PYTHONOPTIMIZE", None)
         seconds = time.perf_counter() - start
         figures = _notebook_figures(json.loads(output.read_text()), out_dir / "figures") if output.exists() else 0
-        status_file.write_text(json.dumps({"status": status, "seconds": round(seconds, 1), "failure": failed,
-                                           "parameters": runtime.jsonable(resolved)}, indent=2))
+        status_file.write_text(json.dumps({"chapter": spec.name, "status": status, "seconds": round(seconds, 1),
+                                           "failure": failed, "parameters": runtime.jsonable(resolved)}, indent=2))
         summary.append([spec.name, args.profile, status, f"{seconds:.1f}", str(figures), failed])
         if failed:
             print(f"   {spec.name} failed at {failed}; the partial notebook is {output}", file=sys.stderr)
@@ -324,13 +324,14 @@ def command_publish(args: argparse.Namespace) -> int:
     from . import results
 
     try:
-        target = results.publish(args.run_dir, book_root(), force=args.force)
+        targets = results.publish(args.run_dir, book_root(), force=args.force)
     except (ValueError, FileExistsError) as error:
         raise UsageError(str(error)) from None
-    document = json.loads(target.read_text())
-    print(f"{document['chapter']}: {len(document['seeds'])} seed(s), {len(document['metrics'])} numbers, "
-          f"status {document['status']} -> {target}; run `theorylab refresh {document['chapter']}` "
-          "to show it on the page")
+    for target in targets:
+        document = json.loads(target.read_text())
+        print(f"{document['chapter']}: {len(document['seeds'])} seed(s), {len(document['metrics'])} numbers, "
+              f"status {document['status']} -> {target}")
+    print("run `theorylab refresh` to show them on the chapters' pages")
     return 0
 
 
@@ -403,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     refresh.add_argument("chapter", nargs="*", help="chapter names (default: all)")
     refresh.add_argument("--force", action="store_true", help="re-execute even when up to date")
     publish = commands.add_parser("publish", help="copy a full run's metrics into results/full/CHAPTER.json")
-    publish.add_argument("run_dir", help="a theorylab run folder, or a sweep's --out folder (one chapter)")
+    publish.add_argument("run_dir", help="a theorylab run folder, or a sweep's --out folder (one file per chapter)")
     publish.add_argument("--force", action="store_true", help="replace an existing result")
     calibrate = commands.add_parser("baselines", help="write ci baselines and tolerances from calibration runs")
     calibrate.add_argument("chapter", nargs="+", help="chapter names, or 'all'")

@@ -50,11 +50,21 @@ def _runs_in(run_dir: Path) -> list[Path]:
     return sorted(p.parent for p in run_dir.glob("**/status.json"))
 
 
-def collect(run_dir: str | Path) -> dict[str, Any]:
-    """A result document from the runs under ``run_dir`` (all of one chapter, profile ``full``)."""
+def chapters_in(run_dir: str | Path) -> list[str]:
+    """The chapters of the runs under ``run_dir`` (a run folder, or a sweep's folder)."""
+    folders = _runs_in(Path(run_dir))
+    if not folders:
+        raise ValueError(f"{run_dir}: no theorylab run found (no status.json)")
+    return sorted({json.loads((folder / "status.json").read_text())["chapter"] for folder in folders})
+
+
+def collect(run_dir: str | Path, chapter: str | None = None) -> dict[str, Any]:
+    """A result document from the runs under ``run_dir`` (profile ``full``; only ``chapter``'s when given)."""
     from .sweep import _leaves
 
     folders = _runs_in(Path(run_dir))
+    if chapter is not None:
+        folders = [f for f in folders if json.loads((f / "status.json").read_text())["chapter"] == chapter]
     if not folders:
         raise ValueError(f"{run_dir}: no theorylab run found (no status.json)")
     runs = []
@@ -92,15 +102,18 @@ def collect(run_dir: str | Path) -> dict[str, Any]:
     return document
 
 
-def publish(run_dir: str | Path, root: Path, force: bool = False) -> Path:
-    """Write :func:`collect`'s document to ``results/full/CHAPTER.json``; never overwrites without ``force``."""
-    document = collect(run_dir)
-    target = path(root, document["chapter"])
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=2) + "\n")
-    return target
+def publish(run_dir: str | Path, root: Path, force: bool = False) -> list[Path]:
+    """Write :func:`collect`'s document of each chapter under ``run_dir`` to ``results/full/CHAPTER.json``;
+    nothing is written, and nothing overwritten without ``force``, before every chapter's runs check out."""
+    documents = [collect(run_dir, name) for name in chapters_in(run_dir)]
+    targets = [path(root, document["chapter"]) for document in documents]
+    existing = [str(target) for target in targets if target.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to replace")
+    for document, target in zip(documents, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(document, indent=2) + "\n")
+    return targets
 
 
 def load(root: Path, chapter: str) -> dict[str, Any] | None:

@@ -111,3 +111,10 @@ def test_full_profile_box_says_what_runs_where_how_long_and_how(name):
     assert ("(measured)" in text) == spec.full_measured and ("an estimate" in text) != spec.full_measured
     for key in spec.datasets:
         assert data.public_set(key).title in text
+
+
+@pytest.mark.parametrize("name", sorted(chapters.CHAPTERS))
+def test_headline_numbers_are_recorded_numbers_of_the_chapter(name):
+    spec = chapters.chapter(name)
+    assert spec.headline, "the box shows a few headline numbers beside a full run's"
+    assert set(spec.headline) <= set(baselines.load(ROOT, name)["metrics"])

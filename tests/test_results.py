@@ -60,7 +60,7 @@ def test_publish_a_sweep_aggregates_seeds_and_keeps_failures_visible(tmp_path, m
         _fake_run(tmp_path / "sweep" / f"s{seed}" / "run", monkeypatch, seed, value,
                   status="FAILED" if seed == 2 else "ok")
     document = results.collect(tmp_path / "sweep")
-    entry = document["metrics"]["hm_recovery.curve.1"]
+    entry = document["metrics"]["hm_recovery.curve[1]"]
     assert entry["n"] == 3 and entry["mean"] == pytest.approx(np.mean([2, 6, 16]))
     assert entry["std"] == pytest.approx(np.std([2, 6, 16], ddof=1))
     assert document["status"] == "FAILED" and "AssertionError" in document["failures"][0]

@@ -156,7 +156,7 @@ def test_aggregate_gives_mean_and_sample_spread_over_seeds(tmp_path):
     point = sweep.aggregate(jobs, results)["points"][0]
     assert point["metrics"]["a.x"]["mean"] == pytest.approx(np.mean(values))
     assert point["metrics"]["a.x"]["std"] == pytest.approx(np.std(values, ddof=1))
-    assert point["metrics"]["a.v.0"]["n"] == 3 and point["metrics"]["a.v.1"]["max"] == 0
+    assert point["metrics"]["a.v[0]"]["n"] == 3 and point["metrics"]["a.v[1]"]["max"] == 0
 
 
 def test_sweep_help_lists_the_executor_options():

@@ -66,6 +66,16 @@ def flatten(values: Any, prefix: str) -> dict[str, Any]:
     return {prefix: values}
 
 
+def numeric_leaves(checks: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a run's recorded checks, keyed as :func:`flatten` keys them."""
+    leaves = {}
+    for check, values in checks.items():
+        for leaf, value in flatten(values, check).items():
+            if _is_number(value) and math.isfinite(value):
+                leaves[leaf] = float(value)
+    return leaves
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -132,6 +132,8 @@ CHAPTERS: dict[str, ChapterSpec] = {
         gpu="every environment, solve and Monte-Carlo replication runs in float64 on the device; the "
             "scaling run's conjugate-gradient solves and their timings (synchronised) are the GPU's share",
         precision="float64 throughout (the implicit solves and the 1e-8 recovery checks need it); no TF32",
+        headline=("hm_recovery.worst_multitask", "scaling.dense_vs_matrix_free", "logistic.oracle_gap",
+                  "monte_carlo.pooled_sd_ratio"),
         ci_seconds=55,
         full_minutes=15,
         full_note="n up to 10^6 tasks, 90 starts, caps up to 5, 400 replications",
@@ -180,6 +182,8 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "emulation and the sampling test are NumPy on the host",
         precision="float32 model passes, no TF32 (greedy identity compares argmaxes); NumPy float64 for the "
                   "latency model",
+        headline=("table_1.mean_gap.idealised", "table_1.mean_gap.lifo", "greedy.mismatches",
+                  "sampling.p_values.residual", "heatmaps.baseline_over_dsi_peak"),
         ci_seconds=70,
         full_minutes=10,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
@@ -210,6 +214,9 @@ CHAPTERS: dict[str, ChapterSpec] = {
         module="ardt",
         cpu_reason="its trees, automata and circuits are NumPy and scikit-learn code, and its transformers "
                    "are too small for a GPU to pay",
+        headline=("language_models.scores.ARDT (boosted trees).perplexity",
+                  "language_models.scores.TinyGPT.perplexity", "language_models.ratio", "agreement.trees, L=8",
+                  "agreement.TinyGPT"),
         ci_seconds=75,
         full_minutes=30,
         full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "

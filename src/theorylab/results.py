@@ -60,7 +60,7 @@ def chapters_in(run_dir: str | Path) -> list[str]:
 
 def collect(run_dir: str | Path, chapter: str | None = None) -> dict[str, Any]:
     """A result document from the runs under ``run_dir`` (profile ``full``; only ``chapter``'s when given)."""
-    from .sweep import _leaves
+    from .baselines import numeric_leaves
 
     folders = _runs_in(Path(run_dir))
     if chapter is not None:
@@ -81,7 +81,7 @@ def collect(run_dir: str | Path, chapter: str | None = None) -> dict[str, Any]:
         raise ValueError(f"{run_dir}: only full-profile runs are published (the ci numbers are the page's own)")
     values: dict[str, list[float]] = {}
     for _, metrics in runs:
-        for leaf, value in _leaves(metrics["checks"]):
+        for leaf, value in numeric_leaves(metrics["checks"]).items():
             values.setdefault(leaf, []).append(value)
     summary = {}
     for leaf, numbers in sorted(values.items()):
@@ -140,4 +140,4 @@ def unknown_checks(root: Path, document: dict[str, Any]) -> list[str]:
 
     markdown = (Path(root) / "chapters" / f"{document['chapter']}.md").read_text()
     recorded = set(re.findall(r"cfg\.record\(\s*[\"']([A-Za-z0-9_]+)[\"']", markdown))
-    return sorted({leaf.split(".")[0] for leaf in document["metrics"]} - recorded)
+    return sorted({re.split(r"[.\[]", leaf)[0] for leaf in document["metrics"]} - recorded)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import chapters, runtime
+from . import baselines, chapters, runtime
 
 JOB_STATUS = ("ok", "FAILED", "ERROR")
 """A job's outcome: the chapter ran and its checks held; a check or cell failed; the job itself broke."""
@@ -232,8 +232,9 @@ def run_slurm(jobs: Sequence[Job], executor: Any) -> list[dict[str, Any]]:
 def aggregate(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread over seeds of every recorded number, per chapter and parameter point.
 
-    For each numeric leaf ``check.key[.index]`` of the completed runs' ``metrics.json``: ``n`` (seeds),
-    ``mean``, ``std`` (sample standard deviation, ``n - 1``; ``None`` for one seed), ``min``, ``max``."""
+    For each numeric leaf ``check.key[index]`` (:func:`theorylab.baselines.flatten`) of the completed
+    runs' ``metrics.json``: ``n`` (seeds), ``mean``, ``std`` (sample standard deviation, ``n - 1``;
+    ``None`` for one seed), ``min``, ``max``."""
     groups: dict[tuple[str, tuple], dict[str, list[float]]] = {}
     runs: dict[tuple[str, tuple], list[dict]] = {}
     for job, result in zip(jobs, results, strict=True):
@@ -243,7 +244,7 @@ def aggregate(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
         if result["status"] != "ok" or not metrics_file.exists():
             continue
         metrics = json.loads(metrics_file.read_text())
-        for leaf, value in _leaves(metrics.get("checks", {})):
+        for leaf, value in baselines.numeric_leaves(metrics.get("checks", {})).items():
             groups.setdefault(key, {}).setdefault(leaf, []).append(value)
     points = []
     for key, seeds in runs.items():
@@ -255,16 +256,6 @@ def aggregate(jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> dict[st
             summary[leaf] = {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
         points.append({"chapter": key[0], "params": dict(key[1]), "runs": seeds, "metrics": summary})
     return {"points": points}
-
-
-def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, float]]:
-    if isinstance(tree, dict):
-        return [leaf for key, value in tree.items() for leaf in _leaves(value, f"{prefix}{key}.")]
-    if isinstance(tree, list):
-        return [leaf for k, value in enumerate(tree) for leaf in _leaves(value, f"{prefix}{k}.")]
-    if isinstance(tree, bool) or not isinstance(tree, (int, float)) or not math.isfinite(tree):
-        return []
-    return [(prefix[:-1], float(tree))]
 
 
 def write_summary(out: str | Path, jobs: Sequence[Job], results: Sequence[dict[str, Any]]) -> Path:

@@ -321,6 +321,16 @@ def test_class_split_is_disjoint_complete_and_seeded():
         co.class_split(10, 10)
 
 
+def test_cifar_fs_split_holds_out_its_twenty_test_classes():
+    names = co.CIFAR100_CLASSES
+    assert len(set(names)) == 100 and list(names) == sorted(names)  # CIFAR-100's labels are alphabetical
+    source, target = co.class_split(kind="cifar-fs")
+    assert [names[k] for k in target] == sorted(co.CIFAR_FS_TEST) and len(source) == 80
+    assert {2, 5, 99} <= set(target.tolist()) and np.intersect1d(source, target).size == 0
+    with pytest.raises(ValueError):
+        co.class_split(10, 2, kind="cifar-fs")
+
+
 def test_split_by_classes_renumbers_and_pools_target_images():
     """Images carry their label as pixel value, so every row can be traced back to its class."""
     from theorylab.data import Split
@@ -393,7 +403,7 @@ def test_cifar_transfer_runs_on_a_toy_image_set_and_its_table_has_a_row_per_shot
         return torch.tensor(prototypes[y] + rng.normal(size=(n, 3, 32, 32)), dtype=torch.float32), torch.from_numpy(y)
 
     data = Split(*draw(120), *draw(40))
-    result = co.cifar_transfer(data, epochs=1, width=2, n_target=4, shots=(1, 5, 50), queries=100,
+    result = co.cifar_transfer(data, epochs=1, width=2, split="random", n_target=4, shots=(1, 5, 50), queries=100,
                                episodes=3, batch=32, seed=1)
     assert [r["m"] for r in result["rows"]] == [1, 5, 50]
     assert all(r["m used"] + result["queries"] <= result["smallest class"] for r in result["rows"])

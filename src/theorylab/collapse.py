@@ -621,11 +621,42 @@ def train_source_encoder(population, n_classes: int, *, steps: int, seed: int = 
 # The full profile: a ResNet-18 trained on CIFAR-100 source classes, few-shot transfer to held-out classes
 
 
-def class_split(n_classes: int = 100, n_target: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    r"""A seeded split of the class ids :math:`0,\dots,C-1` into source and held-out target classes: the target
-    classes are the first ``n_target`` entries of ``numpy.random.default_rng(seed).permutation(n_classes)``,
-    the source classes the others; both are returned sorted (80/20 for CIFAR-100, as many target classes
-    as the 20 test classes of CIFAR-FS, which are a fixed list rather than a random draw)."""
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
+    "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
+    "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
+    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television",
+    "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm")
+"""CIFAR-100's fine classes in the order of its labels (alphabetical, as in the set's ``meta`` file)."""
+
+CIFAR_FS_TEST = ("baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck", "plain",
+                 "poppy", "rocket", "rose", "snail", "sweet_pepper", "table", "telephone", "wardrobe", "whale",
+                 "woman", "worm")
+"""The 20 test classes of CIFAR-FS (Bertinetto et al. 2019); its other 80 are 64 training and 16
+validation classes."""
+
+
+def class_split(n_classes: int = 100, n_target: int = 20, seed: int = 0,
+                kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    r"""Source and held-out target classes among the class ids :math:`0,\dots,C-1`, both sorted.
+
+    ``kind="random"``: a seeded split, the target classes being the first ``n_target`` entries of
+    ``numpy.random.default_rng(seed).permutation(n_classes)``. ``kind="cifar-fs"`` (CIFAR-100 only): the
+    20 test classes of CIFAR-FS (:data:`CIFAR_FS_TEST`) are the targets and its 64 training and 16
+    validation classes together the source; ``n_target`` and ``seed`` are then unused."""
+    if kind == "cifar-fs":
+        if n_classes != len(CIFAR100_CLASSES):
+            raise ValueError(f"the CIFAR-FS split needs CIFAR-100's 100 classes, got {n_classes}")
+        target = np.array(sorted(CIFAR100_CLASSES.index(name) for name in CIFAR_FS_TEST))
+        return np.setdiff1d(np.arange(n_classes), target), target
+    if kind != "random":
+        raise ValueError(f"kind: got {kind!r}, expected 'random' or 'cifar-fs'")
     if not 1 <= n_target < n_classes:
         raise ValueError(f"need 1 <= n_target < n_classes, got {n_target}, {n_classes}")
     order = np.random.default_rng(seed).permutation(n_classes)
@@ -685,9 +716,8 @@ def fewshot_error_device(features: torch.Tensor, labels: torch.Tensor, ways: int
     see the same episodes; the first ``shots`` samples average to the class centre
     :math:`\hat\mu_c`, the next ``queries`` go to :math:`\arg\min_c\|f(x)-\hat\mu_c\|^2`. Centres,
     distances and errors stay on the device; one host copy of the per-episode errors at the end."""
-    classes = np.unique(labels.cpu().numpy())
     host = labels.cpu().numpy()
-    members = [np.flatnonzero(host == c) for c in classes]
+    members = [np.flatnonzero(host == c) for c in np.unique(host)]
     if ways < 2 or shots < 1 or queries < 1 or episodes < 1 or ways > len(members):
         raise ValueError(f"need 2 <= ways <= {len(members)} and positive shots, queries, episodes")
     if min(len(m) for m in members) < shots + queries:
@@ -716,15 +746,16 @@ def _classes_with(features: np.ndarray, labels: np.ndarray, minimum: int = 2) ->
     return features[keep], labels[keep]
 
 
-def cifar_transfer(data, *, epochs: int, width: int = 64, n_target: int = 20, shots=(1, 5, 50, 100, 500),
+def cifar_transfer(data, *, epochs: int, width: int = 64, split: str = "cifar-fs", n_target: int = 20,
+                   shots=(1, 5, 50, 100, 500),
                    ways: int = 5, queries: int = 100, episodes: int = 1000, batch: int = 128, lr: float = 0.1,
                    wd: float = 5e-4, momentum: float = 0.9, augment: bool = True, autocast=None,
                    seed: int = 0) -> dict:
     r"""The transfer experiment on a labelled image set ``data`` (a :class:`~theorylab.data.Split`, e.g.
     CIFAR-100), on the data's device.
 
-    1. :func:`class_split` holds out ``n_target`` classes; :func:`split_by_classes` gives the rest as the
-       source task.
+    1. :func:`class_split` of kind ``split`` holds out the target classes (CIFAR-FS's 20 test classes, or
+       ``n_target`` random ones); :func:`split_by_classes` gives the rest as the source task.
     2. A CIFAR ResNet-18 (:func:`theorylab.models.resnet18`, ``width``) trains on the source classes with
        :func:`theorylab.training.train_epochs`: SGD with momentum, rate ``lr`` divided by 10 at 50% and
        75% of ``epochs``, weight decay ``wd``, random crops and flips when ``augment``.
@@ -747,7 +778,7 @@ def cifar_transfer(data, *, epochs: int, width: int = 64, n_target: int = 20, sh
 
     device = data.y_train.device
     n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
-    source, target = class_split(n_classes, n_target, seed=seed)
+    source, target = class_split(n_classes, n_target, seed=seed, kind=split)
     source_split, target_x, target_y = split_by_classes(data, source, target)
     torch.manual_seed(seed)
     model = models.resnet18(len(source), in_channels=data.x_train.shape[1], width=width).to(device)

@@ -304,3 +304,110 @@ def test_tables_mark_measured_numbers_and_keep_quoted_ones_exact():
     lines = co.directional_table({(0.8, 0.3): study}, paper).splitlines()
     assert lines[1].split()[-5:] == ["0.94", "0.57", "0.29", "0.22", "~0.05"]
     assert "0.94" in lines[1] and "≈" not in lines[1] and "≈0.02 " in lines[2] and lines[2].endswith("0.030")
+
+
+# ----------------------------------------------------------------------------------------------
+# The full profile's transfer experiment on image classes
+
+
+def test_class_split_is_disjoint_complete_and_seeded():
+    source, target = co.class_split(100, 20, seed=3)
+    assert len(target) == 20 and len(source) == 80
+    assert np.intersect1d(source, target).size == 0
+    assert np.array_equal(np.union1d(source, target), np.arange(100))
+    again, other = co.class_split(100, 20, seed=3), co.class_split(100, 20, seed=4)
+    assert np.array_equal(again[1], target) and not np.array_equal(other[1], target)
+    with pytest.raises(ValueError):
+        co.class_split(10, 10)
+
+
+def test_cifar_fs_split_holds_out_its_twenty_test_classes():
+    names = co.CIFAR100_CLASSES
+    assert len(set(names)) == 100 and list(names) == sorted(names)  # CIFAR-100's labels are alphabetical
+    source, target = co.class_split(kind="cifar-fs")
+    assert [names[k] for k in target] == sorted(co.CIFAR_FS_TEST) and len(source) == 80
+    assert {2, 5, 99} <= set(target.tolist()) and np.intersect1d(source, target).size == 0
+    with pytest.raises(ValueError):
+        co.class_split(10, 2, kind="cifar-fs")
+
+
+def test_split_by_classes_renumbers_and_pools_target_images():
+    """Images carry their label as pixel value, so every row can be traced back to its class."""
+    from theorylab.data import Split
+
+    y_train, y_test = torch.arange(30) % 6, torch.arange(12) % 6
+    image = lambda y: y.float()[:, None, None, None].expand(-1, 1, 2, 2).clone()
+    data = Split(image(y_train), y_train, image(y_test), y_test)
+    source_split, x, y = co.split_by_classes(data, [1, 4, 5], [0, 3])
+    assert len(source_split.y_train) == 15 and len(source_split.y_test) == 6 and len(y) == 14
+    original = source_split.x_train[:, 0, 0, 0].long()
+    assert torch.equal(torch.tensor([1, 4, 5])[source_split.y_train], original)
+    assert torch.equal(torch.tensor([0, 3])[y], x[:, 0, 0, 0].long())
+    with pytest.raises(ValueError):
+        co.split_by_classes(data, [1, 3], [3])
+
+
+def test_usable_shots_keep_support_and_queries_disjoint():
+    assert co.usable_shots([1, 5, 50, 100, 500], 600, 100) == ([1, 5, 50, 100, 500], 100)
+    used, q = co.usable_shots([1, 5, 50], 9, 100)
+    assert q == 4 and used == [1, 5, 5] and max(used) + q <= 9
+    assert co.usable_shots([3], 2, 10) == ([1], 1)
+
+
+def test_device_episodes_match_a_brute_force_loop_and_the_host_function():
+    """Same draws as fewshot_error; the error recomputed with explicit Python loops over queries and centres."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 9)
+    features = rng.normal(size=(54, 3)) + labels[:, None] * 0.7
+    ways, shots, queries, episodes, seed = 3, 2, 4, 7, 11
+    error, se = co.fewshot_error_device(torch.from_numpy(features), torch.from_numpy(labels), ways, shots,
+                                        queries, episodes, seed=seed)
+    draws, errors = np.random.default_rng(seed), []
+    for _ in range(episodes):
+        chosen = draws.choice(6, size=ways, replace=False)
+        picks = [np.flatnonzero(labels == c)[draws.permutation(9)[: shots + queries]] for c in chosen]
+        centres = [features[p[:shots]].mean(axis=0) for p in picks]
+        wrong = 0
+        for k, p in enumerate(picks):
+            for row in p[shots:]:
+                distance = [sum((features[row][t] - c[t]) ** 2 for t in range(3)) for c in centres]
+                wrong += int(np.argmin(distance) != k)
+        errors.append(wrong / (ways * queries))
+    assert error == pytest.approx(np.mean(errors), abs=1e-12)
+    assert se == pytest.approx(np.std(errors, ddof=1) / math.sqrt(episodes), abs=1e-12)
+    per_class = [features[labels == c] for c in range(6)]
+    assert (error, se) == pytest.approx(co.fewshot_error(per_class, ways, shots, queries, episodes, seed=seed))
+
+
+def test_directional_bound_for_k_way_tasks_averages_the_pair_terms():
+    """With ways = C the k-way form equals the C-way bound; in general it is (k-1)/(C-1) times it."""
+    x, y = gaussian_classes([np.zeros(4), np.ones(4) * 3, -np.ones(4) * 3, np.arange(4.0)], 0.5, 300, seed=4)
+    moments = co.class_moments(x, y)
+    full = co.directional_bound_paper(moments, 20)
+    assert co.directional_bound_paper(moments, 20, ways=4) == pytest.approx(full, rel=1e-12)
+    assert co.directional_bound_paper(moments, 20, ways=2) == pytest.approx(full / 3, rel=1e-12)
+
+
+def test_cifar_transfer_runs_on_a_toy_image_set_and_its_table_has_a_row_per_shot_count():
+    """Ten classes of 32x32 noisy prototypes (classes with a single image are dropped); a width-2 ResNet-18
+    for one epoch: the numbers mean nothing, the invariants hold."""
+    from theorylab.data import Split
+
+    rng = np.random.default_rng(0)
+    prototypes = rng.normal(size=(10, 3, 32, 32))
+
+    def draw(n):
+        y = np.concatenate([rng.integers(0, 10, n - 1), [0]])
+        y[y == 9] = 8
+        y[-2] = 9  # class 9 has a single image
+        return torch.tensor(prototypes[y] + rng.normal(size=(n, 3, 32, 32)), dtype=torch.float32), torch.from_numpy(y)
+
+    data = Split(*draw(120), *draw(40))
+    result = co.cifar_transfer(data, epochs=1, width=2, split="random", n_target=4, shots=(1, 5, 50), queries=100,
+                               episodes=3, batch=32, seed=1)
+    assert [r["m"] for r in result["rows"]] == [1, 5, 50]
+    assert all(r["m used"] + result["queries"] <= result["smallest class"] for r in result["rows"])
+    assert result["V"] == pytest.approx(2 * result["CDNV"]) and result["ways"] <= 5
+    assert all(0 <= r["error"] <= 1 and r["T1"] > 0 for r in result["rows"])
+    lines = co.fewshot_table(result).splitlines()
+    assert len(lines) == 1 + 3 + 2 and lines[-2].lstrip().startswith("inf")

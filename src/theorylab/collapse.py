@@ -4,8 +4,10 @@ Class moments of a feature map, the class-distance normalised variance (CDNV) in
 directional CDNV, NC1, nearest-class-centre (NCC) few-shot evaluation, the finite-shot NCC bound (T1, our
 Cantelli bound), the directional bound of Luthra, Salunkhe and Galanti (T2, constants of their public
 code), the decoupled and non-self supervised contrastive losses with the bound on their gap (T4), and
-two-layer NNGP/NTK kernels with kernel NC1 (T5). Everything works on float64 NumPy arrays, except the
-contrastive losses, which take torch tensors so that they can be trained.
+two-layer NNGP/NTK kernels with kernel NC1 (T5), and the ``full`` profile's transfer experiment from
+CIFAR-100 source classes to held-out ones (:func:`cifar_transfer`). The geometry works on float64 NumPy
+arrays; the contrastive losses, the trained networks, :func:`embed` and :func:`fewshot_error_device` take
+torch tensors and run on their device.
 """
 from __future__ import annotations
 
@@ -334,12 +336,14 @@ def plain_cdnv_bound(moments: ClassMoments, ways: int | None = None) -> float:
     return 4 * ((count if ways is None else ways) - 1) * float(np.mean(values))
 
 
-def directional_bound_paper(moments: ClassMoments, shots: int) -> float:
+def directional_bound_paper(moments: ClassMoments, shots: int, ways: int | None = None) -> float:
     r"""T2 (Luthra, Salunkhe, Galanti, Thm 4.1, constants of their public code), :math:`m\ge10`:
     :math:`\frac1C\sum_i\sum_{j\ne i}\frac{4\tilde V_{ij}+(\sqrt{A_T}+\sqrt{A_S}+\sqrt{A_Q})^2}
     {(1+\frac{v_j-v_i}{md_{ij}^2})^2}`, :math:`A_T=\frac4m(V^2+\frac V4)`, :math:`A_S=\frac Vm`,
     :math:`A_Q=\frac{\Theta+2(m-1)V^2}{m^3}`, :math:`V=\frac{v_i+v_j}{d_{ij}^2}`,
-    :math:`\Theta=\frac{M_{4,i}+M_{4,j}}{d_{ij}^4}`."""
+    :math:`\Theta=\frac{M_{4,i}+M_{4,j}}{d_{ij}^4}`. With ``ways`` = :math:`k`: its mean over uniformly
+    random :math:`k`-class tasks, :math:`(k-1)` times the mean pair term over ordered pairs (as
+    :func:`ncc_bound`)."""
     m = shots
     if m < 10:
         raise ValueError(f"T2 needs m >= 10 shots, got {m}")
@@ -353,6 +357,8 @@ def directional_bound_paper(moments: ClassMoments, shots: int) -> float:
         a_t, a_s, a_q = 4 / m * (V**2 + V / 4), V / m, (theta + 2 * (m - 1) * V**2) / m**3
         total += (4 * directional[i, j] + (math.sqrt(a_t) + math.sqrt(a_s) + math.sqrt(a_q)) ** 2) \
             / (1 + (v[j] - v[i]) / (m * d2)) ** 2
+    if ways is not None:
+        return (ways - 1) * total / len(_pairs(moments))
     return total / len(moments.classes)
 
 
@@ -368,12 +374,13 @@ def _contrastive(z1: torch.Tensor, z2: torch.Tensor, tau: float, labels: torch.T
     z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
     similarity = z @ z.T / tau
-    sample = torch.arange(2 * n) % n
+    index = torch.arange(2 * n, device=z.device)
+    sample = index % n
     excluded = sample[:, None] == sample[None, :]  # every view of the anchor's own sample
     if labels is not None:
-        both = torch.cat([labels, labels])
+        both = torch.cat([labels, labels]).to(z.device)
         excluded = excluded | (both[:, None] == both[None, :])
-    positive = similarity[torch.arange(2 * n), (torch.arange(2 * n) + n) % (2 * n)]
+    positive = similarity[index, (index + n) % (2 * n)]
     denominator = torch.logsumexp(similarity.masked_fill(excluded, -math.inf), dim=1)
     return (denominator - positive).mean()
 
@@ -449,17 +456,19 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
     views of ``batch`` samples per step drawn from ``classes`` of ``population``; every ``eval_every`` steps
     (and at the start and end) both losses and their gap are recorded at ``eval_tau`` on one fixed
     labelled batch, next to T4's bound for its labels (``bound``) and the exact equal-similarity gap of
-    :func:`equal_similarity_gap` for the same finite batch (``equal``)."""
+    :func:`equal_similarity_gap` for the same finite batch (``equal``). Runs on the encoder's device; the
+    views are drawn on the host and moved there."""
     if loss not in ("dcl", "nscl"):
         raise ValueError(f"loss: got {loss!r}, expected 'dcl' or 'nscl'")
     if steps < 1 or batch < 2 or eval_every < 1:
         raise ValueError(f"steps >= 1, batch >= 2 and eval_every >= 1 required, got {steps}, {batch}, {eval_every}")
     per_class = max(1, batch // len(classes))
     fixed1, fixed2, fixed_labels = population.augment(classes, per_class, seed=seed + 10**6)
-    fixed1, fixed2 = torch.from_numpy(fixed1), torch.from_numpy(fixed2)
-    fixed_labels = torch.from_numpy(fixed_labels)
-    bound = dcl_nscl_gap_bound(fixed_labels.numpy(), eval_tau)
-    equal = equal_similarity_gap(fixed_labels.numpy())
+    device = next(encoder.parameters()).device
+    bound = dcl_nscl_gap_bound(fixed_labels, eval_tau)
+    equal = equal_similarity_gap(fixed_labels)
+    fixed1, fixed2 = torch.from_numpy(fixed1).to(device), torch.from_numpy(fixed2).to(device)
+    fixed_labels = torch.from_numpy(fixed_labels).to(device)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     history = []
 
@@ -474,8 +483,9 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
         if step % eval_every == 0:
             record(step)
         v1, v2, labels = population.augment(classes, per_class, seed=seed + step)
-        z1, z2 = encoder(torch.from_numpy(v1)), encoder(torch.from_numpy(v2))
-        value = dcl_loss(z1, z2, tau) if loss == "dcl" else nscl_loss(z1, z2, torch.from_numpy(labels), tau)
+        z1, z2 = encoder(torch.from_numpy(v1).to(device)), encoder(torch.from_numpy(v2).to(device))
+        value = (dcl_loss(z1, z2, tau) if loss == "dcl"
+                 else nscl_loss(z1, z2, torch.from_numpy(labels).to(device), tau))
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
@@ -484,15 +494,17 @@ def train_contrastive(encoder: torch.nn.Module, population, classes: np.ndarray,
 
 
 def contrastive_pair(make_encoder, population, classes: np.ndarray, *, steps: int, batch: int, tau: float = 0.5,
-                     eval_every: int = 50, seed: int = 0) -> dict:
+                     eval_every: int = 50, seed: int = 0, device: torch.device | str = "cpu") -> dict:
     r"""Train two encoders from one initialisation (``make_encoder()`` after ``torch.manual_seed(seed)``) on the
     same sequence of batches, one with DCL and one with NSCL (:func:`train_contrastive`), and compare their
     features on a fixed batch of 512 held-out samples with :func:`linear_cka`. Returns the DCL history
     (``history``), the final NSCL-trained losses (``nscl history``), ``cka`` between the two trained
-    encoders and ``cka to init``, the DCL encoder's CKA with the untrained one (how far training moved it)."""
+    encoders and ``cka to init``, the DCL encoder's CKA with the untrained one (how far training moved it).
+    The encoders are built on the host (their initialisation does not depend on ``device``), then trained and
+    evaluated on ``device``."""
     torch.manual_seed(seed)
-    dcl_encoder = make_encoder()
-    nscl_encoder, init_encoder = make_encoder(), make_encoder()
+    dcl_encoder = make_encoder().to(device)
+    nscl_encoder, init_encoder = make_encoder().to(device), make_encoder().to(device)
     nscl_encoder.load_state_dict(dcl_encoder.state_dict())
     init_encoder.load_state_dict(dcl_encoder.state_dict())
     runs = {kind: train_contrastive(net, population, classes, steps=steps, batch=batch, tau=tau,
@@ -500,19 +512,22 @@ def contrastive_pair(make_encoder, population, classes: np.ndarray, *, steps: in
             for kind, net in (("dcl", dcl_encoder), ("nscl", nscl_encoder))}
     probe, _, _ = population.augment(classes, max(1, 512 // len(classes)), seed=seed + 2 * 10**6)
     with torch.no_grad():
-        features = {name: net(torch.from_numpy(probe)).double().numpy()
+        probe = torch.from_numpy(probe).to(device)
+        features = {name: net(probe).double().cpu().numpy()
                     for name, net in (("dcl", dcl_encoder), ("nscl", nscl_encoder), ("init", init_encoder))}
     return {"history": runs["dcl"], "nscl history": runs["nscl"], "cka": linear_cka(features["dcl"], features["nscl"]),
             "cka to init": linear_cka(features["dcl"], features["init"])}
 
 
 def train_two_layer(x: np.ndarray, labels: np.ndarray, *, width: int = 512, activation: str = "erf",
-                    steps: int = 500, lr: float = 0.5, seed: int = 0) -> dict[str, float]:
+                    steps: int = 500, lr: float = 0.5, seed: int = 0,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
     r"""Train :math:`x\mapsto a^\top\sigma(Wx)/\sqrt{\text{width}}` (two logits, :math:`W` Gaussian of variance
     :math:`1/d_0`, the NNGP scaling of :func:`nngp_kernel`, no biases) by full-batch gradient descent on
     cross-entropy, both layers, at rate ``lr``; returns the trace-ratio NC1 (:func:`nc1`) of the hidden
     features :math:`\sigma(Wx)` before (``init``, a random-feature estimate of the NNGP's) and after
-    (``trained``) training, and the final training ``accuracy``."""
+    (``trained``) training, and the final training ``accuracy``. The weights are drawn on the host, then
+    moved to ``device`` with the data; NC1 is computed on a host copy of the features."""
     acts = {"erf": torch.erf, "relu": torch.relu}
     if activation not in acts or width < 1 or steps < 0 or lr <= 0:
         raise ValueError(f"activation in {list(acts)}, width >= 1, steps >= 0, lr > 0 required")
@@ -520,10 +535,11 @@ def train_two_layer(x: np.ndarray, labels: np.ndarray, *, width: int = 512, acti
     X, y = torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(np.asarray(labels)).long()
     W = (torch.randn(X.shape[1], width, generator=generator, dtype=torch.float64) / math.sqrt(X.shape[1]))
     a = torch.randn(width, 2, generator=generator, dtype=torch.float64)
+    X, y, W, a = (t.to(device) for t in (X, y, W, a))
     W.requires_grad_(True)
     a.requires_grad_(True)
     sigma = acts[activation]
-    out = {"init": nc1(sigma(X @ W).detach().numpy(), labels)}
+    out = {"init": nc1(sigma(X @ W).detach().cpu().numpy(), labels)}
     optimizer = torch.optim.SGD([W, a], lr=lr)
     for _ in range(steps):
         value = torch.nn.functional.cross_entropy(sigma(X @ W) @ a / math.sqrt(width), y)
@@ -533,7 +549,7 @@ def train_two_layer(x: np.ndarray, labels: np.ndarray, *, width: int = 512, acti
     with torch.no_grad():
         hidden = sigma(X @ W)
         out["accuracy"] = float(((hidden @ a).argmax(1) == y).double().mean())
-    out["trained"] = nc1(hidden.numpy(), labels)
+    out["trained"] = nc1(hidden.cpu().numpy(), labels)
     return out
 
 
@@ -573,11 +589,12 @@ def transfer_row(features: np.ndarray, labels: np.ndarray, *, pool: int = 60, ep
             "rho T1": rank_correlation(off_diagonal(pair_bounds), off_diagonal(pair5))}
 
 
-def train_source_encoder(population, n_classes: int, *, steps: int, seed: int = 0, per_class: int = 60):
+def train_source_encoder(population, n_classes: int, *, steps: int, seed: int = 0, per_class: int = 60,
+                         device: torch.device | str = "cpu"):
     r"""Draw ``n_classes`` source classes (``per_class`` training and as many fresh test samples each), train a
     64-256-256-64 ReLU encoder with a linear head by SGD (rate 0.05, momentum 0.9, weight decay
-    :math:`5\cdot10^{-4}`, batches of 128, ``steps`` steps) and return ``(features_of, source)``: the map from
-    inputs to float64 features, and the source train and test CDNV (GGH convention)."""
+    :math:`5\cdot10^{-4}`, batches of 128, ``steps`` steps) on ``device`` and return ``(features_of, source)``:
+    the map from (host) inputs to float64 host features, and the source train and test CDNV (GGH convention)."""
     from torch import nn
 
     from . import training
@@ -586,18 +603,237 @@ def train_source_encoder(population, n_classes: int, *, steps: int, seed: int = 
     sources = population.draw_classes(n_classes, seed=seed + n_classes)
     train_xy = population.sample(sources, per_class, seed=seed + n_classes + 1)
     test_xy = population.sample(sources, per_class, seed=seed + n_classes + 2)
-    data = Split(*(torch.from_numpy(v) for v in (*train_xy, *test_xy)))
+    data = Split(*(torch.from_numpy(v).to(device) for v in (*train_xy, *test_xy)))
     torch.manual_seed(seed)
     encoder = nn.Sequential(training.mlp([64, 256, 256, 64]), nn.ReLU())
-    training.train_sgd(nn.Sequential(encoder, nn.Linear(64, n_classes)), data, batch=128, lr=0.05, wd=5e-4,
-                       steps=steps, seed=seed, momentum=0.9)
+    model = nn.Sequential(encoder, nn.Linear(64, n_classes)).to(device)
+    training.train_sgd(model, data, batch=128, lr=0.05, wd=5e-4, steps=steps, seed=seed, momentum=0.9)
 
     def features_of(x):
         with torch.no_grad():
-            return encoder(torch.from_numpy(x)).double().numpy()
+            return encoder(torch.from_numpy(x).to(device)).double().cpu().numpy()
 
     return features_of, {"train CDNV": cdnv(features_of(train_xy[0]), train_xy[1]),
                          "test CDNV": cdnv(features_of(test_xy[0]), test_xy[1])}
+
+
+# ----------------------------------------------------------------------------------------------
+# The full profile: a ResNet-18 trained on CIFAR-100 source classes, few-shot transfer to held-out classes
+
+
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
+    "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
+    "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
+    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
+    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television",
+    "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm")
+"""CIFAR-100's fine classes in the order of its labels (alphabetical, as in the set's ``meta`` file)."""
+
+CIFAR_FS_TEST = ("baby", "bed", "bicycle", "chimpanzee", "fox", "leopard", "man", "pickup_truck", "plain",
+                 "poppy", "rocket", "rose", "snail", "sweet_pepper", "table", "telephone", "wardrobe", "whale",
+                 "woman", "worm")
+"""The 20 test classes of CIFAR-FS (Bertinetto et al. 2019); its other 80 are 64 training and 16
+validation classes."""
+
+
+def class_split(n_classes: int = 100, n_target: int = 20, seed: int = 0,
+                kind: str = "random") -> tuple[np.ndarray, np.ndarray]:
+    r"""Source and held-out target classes among the class ids :math:`0,\dots,C-1`, both sorted.
+
+    ``kind="random"``: a seeded split, the target classes being the first ``n_target`` entries of
+    ``numpy.random.default_rng(seed).permutation(n_classes)``. ``kind="cifar-fs"`` (CIFAR-100 only): the
+    20 test classes of CIFAR-FS (:data:`CIFAR_FS_TEST`) are the targets and its 64 training and 16
+    validation classes together the source; ``n_target`` and ``seed`` are then unused."""
+    if kind == "cifar-fs":
+        if n_classes != len(CIFAR100_CLASSES):
+            raise ValueError(f"the CIFAR-FS split needs CIFAR-100's 100 classes, got {n_classes}")
+        target = np.array(sorted(CIFAR100_CLASSES.index(name) for name in CIFAR_FS_TEST))
+        return np.setdiff1d(np.arange(n_classes), target), target
+    if kind != "random":
+        raise ValueError(f"kind: got {kind!r}, expected 'random' or 'cifar-fs'")
+    if not 1 <= n_target < n_classes:
+        raise ValueError(f"need 1 <= n_target < n_classes, got {n_target}, {n_classes}")
+    order = np.random.default_rng(seed).permutation(n_classes)
+    return np.sort(order[n_target:]), np.sort(order[:n_target])
+
+
+def split_by_classes(data, source, target):
+    r"""``(source_split, target_x, target_y)``: the training and test images of the ``source`` classes as a
+    :class:`~theorylab.data.Split` with labels renumbered :math:`0,\dots,|\text{source}|-1` in the order of
+    ``source``; and the images of the ``target`` classes, training and test sets pooled (no target image is
+    ever trained on), with labels :math:`0,\dots,|\text{target}|-1`. Everything stays on the data's device."""
+    from .data import Split
+
+    source, target = np.asarray(source), np.asarray(target)
+    if np.intersect1d(source, target).size:
+        raise ValueError("source and target classes must be disjoint")
+    device = data.y_train.device
+    size = int(max(source.max(), target.max(), data.y_train.max(), data.y_test.max())) + 1
+
+    def renumber(labels: torch.Tensor, classes: np.ndarray):
+        code = torch.full((size,), -1, dtype=torch.long, device=device)
+        code[torch.as_tensor(classes, device=device)] = torch.arange(len(classes), device=device)
+        new = code[labels]
+        return new >= 0, new
+
+    (keep_train, y_train), (keep_test, y_test) = renumber(data.y_train, source), renumber(data.y_test, source)
+    source_split = Split(data.x_train[keep_train], y_train[keep_train], data.x_test[keep_test], y_test[keep_test])
+    x, y = torch.cat([data.x_train, data.x_test]), torch.cat([data.y_train, data.y_test])
+    keep, new = renumber(y, target)
+    return source_split, x[keep], new[keep]
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Penultimate features ``model.pool(model.features(x))`` in eval mode, in batches of ``batch``, on the
+    device of ``x`` (float32, one row per image)."""
+    model.eval()
+    return torch.cat([model.pool(model.features(x[k:k + batch])).float() for k in range(0, len(x), batch)])
+
+
+def usable_shots(shots, smallest: int, queries: int) -> tuple[list[int], int]:
+    r"""What classes of ``smallest`` samples allow: :math:`q=\max(1,\min(\text{queries},\lfloor s/2\rfloor))`
+    queries per class, and each shot count :math:`m` capped at :math:`s-q` (so that support and queries
+    stay disjoint); :math:`s` = ``smallest`` must be at least 2."""
+    if smallest < 2 or queries < 1 or min(shots) < 1:
+        raise ValueError(f"need smallest >= 2 samples, queries >= 1 and positive shots; got {smallest}, {queries}")
+    q = max(1, min(queries, smallest // 2))
+    return [min(m, smallest - q) for m in shots], q
+
+
+def fewshot_error_device(features: torch.Tensor, labels: torch.Tensor, ways: int, shots: int, queries: int,
+                         episodes: int, seed: int = 0) -> tuple[float, float]:
+    r""":func:`fewshot_error` on features held on a device: mean and standard error of the NCC error over
+    ``episodes`` ``ways``-way ``shots``-shot episodes. Each episode draws ``ways`` classes without
+    replacement and a random order of each class's samples, in the order and with the generator
+    (``numpy.random.default_rng(seed)``) of :func:`fewshot_error`, so on the same features both functions
+    see the same episodes; the first ``shots`` samples average to the class centre
+    :math:`\hat\mu_c`, the next ``queries`` go to :math:`\arg\min_c\|f(x)-\hat\mu_c\|^2`. Centres,
+    distances and errors stay on the device; one host copy of the per-episode errors at the end."""
+    host = labels.cpu().numpy()
+    members = [np.flatnonzero(host == c) for c in np.unique(host)]
+    if ways < 2 or shots < 1 or queries < 1 or episodes < 1 or ways > len(members):
+        raise ValueError(f"need 2 <= ways <= {len(members)} and positive shots, queries, episodes")
+    if min(len(m) for m in members) < shots + queries:
+        raise ValueError(f"every class needs shots + queries = {shots + queries} samples")
+    rng = np.random.default_rng(seed)
+    device = features.device
+    truth = torch.arange(ways, device=device).repeat_interleave(queries)
+    errors = torch.empty(episodes, dtype=torch.float64, device=device)
+    for e in range(episodes):
+        chosen = rng.choice(len(members), size=ways, replace=False)
+        rows = np.stack([members[c][rng.permutation(len(members[c]))[: shots + queries]] for c in chosen])
+        picked = features[torch.as_tensor(rows, device=device)]  # (ways, shots + queries, dim)
+        centres = picked[:, :shots].mean(dim=1)
+        query = picked[:, shots:].reshape(ways * queries, -1)
+        distances = ((query[:, None, :] - centres[None, :, :]) ** 2).sum(dim=2)
+        errors[e] = (distances.argmin(dim=1) != truth).double().mean()
+    values = errors.cpu().numpy()
+    se = float(values.std(ddof=1) / math.sqrt(episodes)) if episodes > 1 else 0.0
+    return float(values.mean()), se
+
+
+def _classes_with(features: np.ndarray, labels: np.ndarray, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the classes that have at least ``minimum`` samples (small stand-in data sets)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    keep = np.isin(labels, classes[counts >= minimum])
+    return features[keep], labels[keep]
+
+
+def cifar_transfer(data, *, epochs: int, width: int = 64, split: str = "cifar-fs", n_target: int = 20,
+                   shots=(1, 5, 50, 100, 500),
+                   ways: int = 5, queries: int = 100, episodes: int = 1000, batch: int = 128, lr: float = 0.1,
+                   wd: float = 5e-4, momentum: float = 0.9, augment: bool = True, autocast=None,
+                   seed: int = 0) -> dict:
+    r"""The transfer experiment on a labelled image set ``data`` (a :class:`~theorylab.data.Split`, e.g.
+    CIFAR-100), on the data's device.
+
+    1. :func:`class_split` of kind ``split`` holds out the target classes (CIFAR-FS's 20 test classes, or
+       ``n_target`` random ones); :func:`split_by_classes` gives the rest as the source task.
+    2. A CIFAR ResNet-18 (:func:`theorylab.models.resnet18`, ``width``) trains on the source classes with
+       :func:`theorylab.training.train_epochs`: SGD with momentum, rate ``lr`` divided by 10 at 50% and
+       75% of ``epochs``, weight decay ``wd``, random crops and flips when ``augment``.
+    3. :func:`embed` maps every target image (training and test sets pooled) to its penultimate features;
+       one float64 host copy of them gives the class moments (:func:`class_moments`), the CDNV (GGH;
+       ``V`` = twice it, the directional paper's convention) and the directional CDNV
+       (:func:`directional_cdnv_matrix`), and the many-shot limits of T1 and T2 and the plain CDNV bound for
+       ``ways``-way tasks. The same for the source classes' training and test images (``train CDNV``,
+       ``test CDNV``).
+    4. For each shot count :math:`m` (capped by :func:`usable_shots`): the ``ways``-way NCC error over
+       ``episodes`` episodes (:func:`fewshot_error_device`), T1 (:func:`ncc_bound`) and, for
+       :math:`m\ge10`, T2 (:func:`directional_bound_paper`), both averaged over random ``ways``-class tasks.
+       Any disjoint support and query sets of a class are independent samples of it, so the episodes
+       estimate the true :math:`m`-shot error; the bounds take their moments from all the samples of each
+       target class (the same samples: with 600 images per class and up to 500 shots, none are left to
+       hold out).
+
+    Classes with fewer than two samples (only in small stand-in sets) are left out."""
+    from . import models, training
+
+    device = data.y_train.device
+    n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
+    source, target = class_split(n_classes, n_target, seed=seed, kind=split)
+    source_split, target_x, target_y = split_by_classes(data, source, target)
+    torch.manual_seed(seed)
+    model = models.resnet18(len(source), in_channels=data.x_train.shape[1], width=width).to(device)
+    run = training.train_epochs(model, source_split, batch=batch, lr=lr, wd=wd, epochs=epochs,
+                                milestones=sorted({e for e in (epochs // 2, 3 * epochs // 4) if e > 0}),
+                                gamma=0.1, momentum=momentum,
+                                augment=augment, seed=seed, autocast=autocast)
+    out = {"source classes": len(source), "target classes": len(target), "epochs": epochs, "width": width,
+           "train seconds": run.seconds, "parameters": models.parameter_count(model),
+           "source accuracy": training.batched_accuracy(model, source_split.x_test, source_split.y_test)}
+    for key, x, y in (("train CDNV", source_split.x_train, source_split.y_train),
+                      ("test CDNV", source_split.x_test, source_split.y_test)):
+        f, labels = _classes_with(embed(model, x).double().cpu().numpy(), y.cpu().numpy())
+        out[key] = cdnv(f, labels) if np.unique(labels).size >= 2 else math.nan
+    features = embed(model, target_x).double()
+    host, labels = _classes_with(features.cpu().numpy(), target_y.cpu().numpy())
+    keep = torch.as_tensor(np.isin(target_y.cpu().numpy(), np.unique(labels)), device=device)
+    features, target_y = features[keep], target_y[keep]
+    moments = class_moments(host, labels)
+    ways = min(ways, len(moments.classes))
+    smallest = int(np.unique(labels, return_counts=True)[1].min())
+    used, q = usable_shots(shots, smallest, queries)
+    ggh = cdnv(host, labels)
+    out |= {"ways": ways, "queries": q, "smallest class": smallest, "CDNV": ggh, "V": 2 * ggh,
+            "directional": float(off_diagonal(directional_cdnv_matrix(moments)).mean()),
+            "T1 limit": ncc_limit_bound(moments, ways), "T2 limit": directional_limit(moments, ways),
+            "CDNV bound": plain_cdnv_bound(moments, ways), "rows": []}
+    for m, m_used in zip(shots, used, strict=True):
+        error, se = fewshot_error_device(features, target_y, ways, m_used, q, episodes, seed=seed + m)
+        out["rows"].append({"m": m, "m used": m_used, "error": error, "se": se,
+                            "T1": ncc_bound(moments, m_used, ways), "T1 trivial pairs": ncc_trivial_pairs(moments, m_used),
+                            "T2": directional_bound_paper(moments, m_used, ways) if m_used >= 10 else math.nan})
+    return out
+
+
+def fewshot_table(result: dict) -> str:
+    """:func:`cifar_transfer` in the directional-CDNV paper's table format, one row per shot count: the shots
+    asked for and used, the measured NCC error and its standard error, T1, T2 (``nan`` below 10 shots),
+    the target CDNV (GGH), :math:`V` and the directional CDNV; a last row ``inf`` with the many-shot limits
+    of T1 and T2 and the plain CDNV bound in the T1 column's place (marked ``cdnv``). Measured numbers
+    are marked with :func:`theorylab.runtime.measured`."""
+    from .runtime import measured
+
+    head = (f"{'m':>5s} {'used':>5s} {'error':>8s} {'se':>7s} {'T1':>8s} {'T2':>8s} {'CDNV':>7s} {'V':>7s} "
+            f"{'Vtilde':>8s}")
+    constants = (f" {measured(result['CDNV'], '.3f'):>7s} {measured(result['V'], '.3f'):>7s}"
+                 f" {measured(result['directional'], '.4f'):>8s}")
+    lines = [head]
+    for r in result["rows"]:
+        lines.append(f"{r['m']:>5d} {r['m used']:>5d} {measured(r['error'], '.3f'):>8s} {measured(r['se'], '.3f'):>7s} "
+                     f"{measured(r['T1'], '.3f'):>8s} {measured(r['T2'], '.3f'):>8s}" + constants)
+    lines.append(f"{'inf':>5s} {'':>5s} {'':>8s} {'':>7s} {measured(result['T1 limit'], '.3f'):>8s} "
+                 f"{measured(result['T2 limit'], '.3f'):>8s}" + constants)
+    lines.append(f"{'':>5s} plain CDNV bound (many shots) {measured(result['CDNV bound'], '.2f')}")
+    return "\n".join(lines)
 
 
 def gaussian_study(s_par: float, s_perp: float, shots: list[int], *, episodes: int, dim: int = 64,
@@ -629,18 +865,20 @@ def gaussian_study(s_par: float, s_perp: float, shots: list[int], *, episodes: i
 
 
 def random_embedding_gaps(class_counts: list[int], taus=(1.0, 0.5), n: int = 1024, dim: int = 64,
-                          seed: int = 0) -> dict:
+                          seed: int = 0, device: torch.device | str = "cpu") -> dict:
     r"""T4 on class-independent embeddings: ``n`` Gaussian vectors and a second view with noise 0.3, labels
-    :math:`k \bmod C`; for each :math:`(\tau, C)` the measured gap, the equal-similarity gap
-    (:func:`equal_similarity_gap`) and T4's bound (:func:`dcl_nscl_gap_bound`)."""
+    :math:`k \bmod C`; for each :math:`(\tau, C)` the measured gap (losses on ``device``; the draws are made
+    on the CPU, so they do not depend on it), the equal-similarity gap (:func:`equal_similarity_gap`) and
+    T4's bound (:func:`dcl_nscl_gap_bound`)."""
     generator = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, dim, generator=generator)
-    z2 = z1 + 0.3 * torch.randn(n, dim, generator=generator)
+    z2 = (z1 + 0.3 * torch.randn(n, dim, generator=generator)).to(device)
+    z1 = z1.to(device)
     out = {}
     for tau in taus:
         for C in class_counts:
             labels = torch.arange(n) % C
-            gap = float(dcl_loss(z1, z2, tau) - nscl_loss(z1, z2, labels, tau))
+            gap = float(dcl_loss(z1, z2, tau) - nscl_loss(z1, z2, labels.to(device), tau))
             out[tau, C] = (gap, equal_similarity_gap(labels), dcl_nscl_gap_bound(labels, tau))
     return out
 

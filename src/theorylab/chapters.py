@@ -253,7 +253,12 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_minutes=30,
         full_note="a ResNet-18 trained 100 epochs on 80 CIFAR-100 classes (about 15 min of the 30), few-shot "
                   "transfer to the 20 held-out classes at m = 1 to 500; 400 source classes, 5x longer training, "
-                  "1000 episodes, 10x longer contrastive runs, 1024-point kernels (estimated on one GPU; not run)",
+                  "1000 episodes, 10x longer contrastive runs, 1024-point kernels",
+        headline=("transfer.results.100.error", "transfer.results.100.T1", "transfer.results.100.target CDNV",
+                  "contrastive.cka.64"),
+        tf32=True,
+        precision="float32 training with bf16 autocast for the ResNet-18 and TF32 products on CUDA; CDNVs and "
+                  "bounds in float64 NumPy on the host",
     ),
     "canonical-representations": ChapterSpec(
         name="canonical-representations",

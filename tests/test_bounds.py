@@ -312,3 +312,126 @@ def test_mean_last_cdnv_by_noise_orders_noise_levels_numerically_not_as_text():
                                                       "0.1": {"last cdnv": [0.2, 0.4]}}}
     assert bounds.mean_last_cdnv_by_noise(entry) == pytest.approx([0.2, 0.3, 0.6])
 
+
+
+@pytest.mark.parametrize("size", [28, 32])
+@pytest.mark.parametrize("depth", [3, 8])
+def test_conv_lh_shapes_degrees_and_parameter_count_by_arithmetic(size, depth):
+    """Each 2x2 stride-1 layer shrinks the map by one: P_l = (s - l)^2, read-out degree (s - L)^2; parameters
+    4 c_in H + 4 H^2 (L - 1) + H (s - L)^2 k (no biases)."""
+    channels, k, c_in = 3, 10, 1 if size == 28 else 3
+    model = bounds.conv_lh(depth, channels, size, in_channels=c_in, n_outputs=k)
+    arch = bounds.architecture(model, (c_in, size, size))
+    assert arch.degrees == (4,) * depth + ((size - depth) ** 2,)
+    assert arch.output_positions == tuple((size - layer) ** 2 for layer in range(1, depth + 1)) + (1,)
+    expected = 4 * c_in * channels + 4 * channels**2 * (depth - 1) + channels * (size - depth) ** 2 * k
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model(torch.zeros(2, c_in, size, size)).shape == (2, k)
+    with pytest.raises(ValueError, match="depth"):
+        bounds.conv_lh(size, channels, size)
+
+
+def test_conv_lh_is_positively_homogeneous():
+    """Bias-free ReLU layers: f(c x) = c f(x) for every c > 0 (float64)."""
+    torch.manual_seed(0)
+    model = bounds.conv_lh(4, 5, 12, in_channels=2, n_outputs=3).double()
+    x = torch.randn(6, 2, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        for c in (0.25, 1.0, 3.7, 100.0):
+            assert torch.allclose(model(c * x), c * model(x), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(model(-x), -model(x))  # ReLU: not odd, so homogeneity is only for c > 0
+
+
+def test_pixel_energies_in_torch_match_numpy_by_loops():
+    x = torch.randn(7, 2, 3, 4)
+    brute = np.array([[sum(float(x[i, c, a, b]) ** 2 for i in range(7) for c in range(2)) for b in range(4)]
+                      for a in range(3)]).ravel()
+    assert np.allclose(bounds.pixel_energies_torch(x, chunk=3), brute, rtol=1e-12)
+    assert np.allclose(bounds.pixel_energies(x), brute, rtol=1e-6)
+
+
+def test_measure_network_against_brute_force_on_a_tiny_conv_lh():
+    """T2 and GRS from quantities computed independently: filter norms by summing squares, in-degrees by
+    counting the input positions each output position of the explicit dense operator reads, Toeplitz norms
+    from those operators, pixel energies by loops; errors by counting wrong argmax predictions one by one."""
+    torch.manual_seed(3)
+    size, c_in, k, n = 6, 2, 3, 9
+    model = bounds.conv_lh(2, 3, size, in_channels=c_in, n_outputs=k).double()
+    x, x_test = torch.randn(n, c_in, size, size, dtype=torch.float64), torch.randn(5, c_in, size, size, dtype=torch.float64)
+    y, y_test = torch.randint(0, k, (n,)), torch.randint(0, k, (5,))
+    from theorylab.data import Split
+    row = bounds.measure_network(model, Split(x, y, x_test, y_test), batch=4)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    shape, degrees, rho, rho_dense = (c_in, size, size), [], 1.0, 1.0
+    for conv in convs:
+        dense = bounds.dense_operator(conv, shape)
+        out_shape = (conv.out_channels, shape[1] - conv.kernel_size[0] + 1, shape[2] - conv.kernel_size[1] + 1)
+        reads = dense.reshape(*out_shape, *shape) != 0  # (out c, out h, out w, in c, in h, in w)
+        degrees.append(max(int(reads[:, a, b].any(axis=(0, 1)).sum()) for a in range(out_shape[1])
+                           for b in range(out_shape[2])))
+        rho *= math.sqrt(sum(float(w) ** 2 for w in conv.weight.detach().flatten()))
+        rho_dense *= float(np.linalg.norm(dense))
+        shape = out_shape
+    energies = [sum(float(x[i, :, a, b].pow(2).sum()) for i in range(n)) for a in range(size) for b in range(size)]
+    log_k = math.log(k) + (len(degrees) - 1) * math.log(2) + sum(math.log(d) for d in degrees)
+    sparse = rho * math.prod(math.sqrt(d) for d in degrees) * math.sqrt(max(energies)) / n * (1 + math.sqrt(2 * log_k))
+    grs = rho_dense * math.sqrt(sum(energies)) / n * (1 + math.sqrt(2 * (len(degrees) * math.log(2) + math.log(k))))
+    assert degrees == [4, 4, 16] and row["depth"] == 2
+    assert row["sparse"] == pytest.approx(sparse, rel=1e-10) and row["grs"] == pytest.approx(grs, rel=1e-10)
+    with torch.no_grad():
+        wrong = [int(model(x[i:i + 1])[0].argmax()) != int(y[i]) for i in range(n)]
+        wrong_test = [int(model(x_test[i:i + 1])[0].argmax()) != int(y_test[i]) for i in range(5)]
+    assert row["train error"] == pytest.approx(sum(wrong) / n)
+    assert row["gap"] == pytest.approx(sum(wrong_test) / 5 - sum(wrong) / n)
+
+
+def test_subsample_sizes_determinism_and_whole_set():
+    from theorylab.data import Split
+    split = Split(torch.arange(20.0)[:, None], torch.arange(20), torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+    small = bounds.subsample(split, 7, seed=1)
+    assert len(small.y_train) == 7 and len(set(small.y_train.tolist())) == 7
+    assert torch.equal(small.x_train[:, 0].long(), small.y_train)  # images and labels stay paired
+    assert torch.equal(bounds.subsample(split, 7, seed=1).y_train, small.y_train)
+    assert bounds.subsample(split, 20, seed=1) is split and bounds.subsample(split, 10**6, seed=0) is split
+
+
+def test_train_conv_lh_learns_an_easy_task_and_reports_its_protocol():
+    """Classes told apart by the sign of the mean pixel: a few epochs reach a low training error; the row
+    counts ceil(n / batch) steps per epoch and its gap is test minus training error."""
+    from theorylab.data import Split
+    generator = torch.Generator().manual_seed(0)
+    def images(m):
+        y = torch.randint(0, 2, (m,), generator=generator)
+        return torch.randn(m, 1, 6, 6, generator=generator) * 0.3 + (2.0 * y - 1)[:, None, None, None], y
+    split = Split(*images(80), *images(40))
+    row = bounds.train_conv_lh(split, 2, 4, n=64, epochs=5, seed=0, lr=0.01)
+    assert row["n"] == 64 and row["steps"] == 5 * 2 and row["epochs"] == 5
+    assert row["train error"] < 0.1 and row["gap"] == pytest.approx(row["test error"] - row["train error"])
+    assert row["sparse"] < row["grs"] and row["arch"].degrees == (4, 4, 16)
+
+
+def test_paper_sweep_keys_checkpoint_names_and_one_load_per_data_set():
+    from theorylab.data import Split
+    generator = torch.Generator().manual_seed(0)
+    def load(name):
+        loaded.append(name)
+        return Split(torch.randn(12, 1, 5, 5, generator=generator), torch.arange(12) % 3,
+                     torch.randn(6, 1, 5, 5, generator=generator), torch.arange(6) % 3)
+    loaded, names = [], []
+    def checkpoint(name, compute):
+        names.append(name)
+        return compute()
+    runs = bounds.paper_sweep(load, ("a", "b"), (1, 2), (4, 100), width=2, epochs=1, seed=0, checkpoint=checkpoint)
+    assert loaded == ["a", "b"] and list(runs) == [(d, L, n) for d in "ab" for L in (1, 2) for n in (4, 100)]
+    assert names == [f"paper-{d}-{L}-{n}" for d, L, n in runs]
+    assert [r["n"] for r in runs.values()] == [4, 12] * 4 and [r["depth"] for r in runs.values()] == [1, 1, 2, 2] * 2
+
+
+def test_to_device_and_teacher_samples_keep_the_values():
+    from theorylab.data import Split
+    split = Split(torch.ones(2, 1), torch.zeros(2, dtype=torch.long), torch.ones(1, 1), torch.zeros(1, dtype=torch.long))
+    moved = bounds.to_device(split, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(vars(moved).values(), vars(split).values(), strict=True))
+    x, y = bounds.teacher_samples(4, "cpu")(50, 1)
+    x0, y0 = teacher_tree_images(50, seed=4 + 50 + 7919)
+    assert torch.equal(x, x0) and torch.equal(y, y0)

@@ -79,7 +79,7 @@ def architecture(model: nn.Module, input_shape: Sequence[int]) -> Architecture:
             raise ValueError(f"input shape {tuple(input_shape)} is too small for the model")
         degrees.append(kh * kw)
         positions.append(height * width)
-        norms.append(float(layer.weight.detach().double().norm()))
+        norms.append(float(layer.weight.detach().cpu().double().norm()))  # float64 on the host
     if positions[-1] != 1:
         raise ValueError("the read-out must cover the whole map (one output position)")
     return Architecture(tuple(degrees), tuple(positions), tuple(norms), layers[-1].out_channels)
@@ -109,10 +109,11 @@ def dense_operator(layer: nn.Conv2d, input_shape: Sequence[int]) -> np.ndarray:
     return out.reshape(size, -1).T.numpy()
 
 
-def sparse_cnn(kind: str, channels: int, n_outputs: int = 1, image_size: int = 8, in_channels: int = 1) -> nn.Sequential:
+def sparse_cnn(kind: str, channels: int, n_outputs: int = 1, image_size: int = 8, in_channels: int = 1,
+               depth: int = 3) -> nn.Sequential:
     """Bias-free students on ``image_size`` x ``image_size`` images: ``tree`` (2x2 stride-2 convolutions down to
-    one position, read-out of degree 1) or ``overlap`` (three 2x2 stride-1 convolutions, a dense read-out over
-    the remaining map)."""
+    one position, read-out of degree 1) or ``overlap`` (``depth`` 2x2 stride-1 convolutions, each shrinking the
+    map by one, then a dense read-out over the remaining ``(image_size - depth)``-square map)."""
     layers: list[nn.Module] = []
     size, previous = image_size, in_channels
     if kind == "tree":
@@ -122,7 +123,9 @@ def sparse_cnn(kind: str, channels: int, n_outputs: int = 1, image_size: int = 8
             layers += [nn.Conv2d(previous, channels, 2, stride=2, bias=False), nn.ReLU()]
             size, previous = size // 2, channels
     elif kind == "overlap":
-        for _ in range(3):
+        if not 1 <= depth < image_size:
+            raise ValueError(f"depth: got {depth}, expected 1..{image_size - 1} for {image_size}x{image_size} images")
+        for _ in range(depth):
             layers += [nn.Conv2d(previous, channels, 2, stride=1, bias=False), nn.ReLU()]
             size, previous = size - 1, channels
     else:
@@ -137,10 +140,24 @@ def sparse_cnn(kind: str, channels: int, n_outputs: int = 1, image_size: int = 8
 
 def pixel_energies(inputs: np.ndarray | torch.Tensor) -> np.ndarray:
     r""":math:`E_j=\sum_i\|x_i[j]\|^2` for every pixel :math:`j` (channels summed), inputs ``(n, c, h, w)``."""
+    if isinstance(inputs, torch.Tensor) and inputs.device.type != "cpu":
+        return pixel_energies_torch(inputs)
     x = np.asarray(inputs, dtype=np.float64)
     if x.ndim != 4 or x.shape[0] == 0:
         raise ValueError(f"inputs: expected a non-empty (n, channels, height, width) array, got shape {x.shape}")
     return (x**2).sum(axis=(0, 1)).ravel()
+
+
+def pixel_energies_torch(inputs: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    r""":math:`E_j=\sum_i\|x_i[j]\|^2` as :func:`pixel_energies`, summed in float64 where ``inputs`` live (in chunks
+    of ``chunk`` images, so a whole data set on a GPU is never copied), one host copy at the end."""
+    if inputs.ndim != 4 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs: expected a non-empty (n, channels, height, width) tensor, got {tuple(inputs.shape)}")
+    total = torch.zeros(inputs.shape[2:], dtype=torch.float64, device=inputs.device)
+    with torch.no_grad():
+        for first in range(0, inputs.shape[0], chunk):
+            total += (inputs[first:first + chunk].detach().double() ** 2).sum(dim=(0, 1))
+    return total.cpu().numpy().ravel()
 
 
 def sparse_rademacher_bound(rho: float, degrees: Sequence[int], max_pixel_energy: float, n: int, n_outputs: int = 1) -> float:
@@ -211,13 +228,13 @@ def code_formula_bound(rho: float, degrees: Sequence[int], kernel_sides: Sequenc
 
 def layerwise_features(model: nn.Sequential, inputs: torch.Tensor) -> list[np.ndarray]:
     """The input and the output of every ReLU of a sequential model, flattened: :math:`h_0=x,h_1,\\dots,h_D`."""
-    features = [inputs.flatten(1).double().numpy()]
+    features = [inputs.flatten(1).double().cpu().numpy()]
     h = inputs
     with torch.no_grad():
         for module in model:
             h = module(h)
             if isinstance(module, nn.ReLU):
-                features.append(h.flatten(1).double().numpy())
+                features.append(h.flatten(1).double().cpu().numpy())
     return features
 
 
@@ -282,8 +299,8 @@ class StackedTree(nn.Module):
 
     def filter_norm_products(self) -> np.ndarray:
         r""":math:`\rho(f_m)=\prod_l\|W^{(m)}_l\|_F` for every model, float64."""
-        norms = [w.detach().double().flatten(1).norm(dim=1) for w in self.weights]
-        return torch.stack(norms).prod(dim=0).numpy()
+        norms = [w.detach().cpu().double().flatten(1).norm(dim=1) for w in self.weights]
+        return torch.stack(norms).prod(dim=0).cpu().numpy()
 
     def single(self, index: int) -> nn.Sequential:
         """Model ``index`` as :func:`sparse_cnn` convolutions (weights copied, block order (row, col, channel))."""
@@ -339,11 +356,13 @@ def train_stacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: Seq
         raise ValueError(f"loss {loss!r}, batch {batch}, steps {steps}, lr {lr}: expected 'squared' or "
                          f"'cross_entropy' and positive batch, steps and rate")
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    rows = torch.arange(models)[:, None]
+    device = x.device
+    rows = torch.arange(models, device=device)[:, None]
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum,
                                 foreach=True)
     for _ in range(steps):
-        index = torch.stack([torch.randint(0, int(n), (batch,), generator=g) for n, g in zip(sizes, generators, strict=False)])
+        index = torch.stack([torch.randint(0, int(n), (batch,), generator=g)
+                             for n, g in zip(sizes, generators, strict=False)]).to(device)
         outputs, labels = model(x[rows, index]), y[rows, index]
         if loss == "squared":
             objective = ((outputs[..., 0] - (2.0 * labels - 1)) ** 2).mean(dim=1).sum()
@@ -363,8 +382,9 @@ def replace_labels(labels: torch.Tensor, fraction: float, n_classes: int, seed: 
         raise ValueError(f"fraction: got {fraction}, expected [0, 1); n_classes: got {n_classes}, expected >= 2")
     labels = labels.clone()
     generator = torch.Generator().manual_seed(seed)
-    replace = torch.rand(len(labels), generator=generator) < fraction
-    labels[replace] = torch.randint(0, n_classes, (int(replace.sum()),), generator=generator)
+    replace = torch.rand(len(labels), generator=generator) < fraction  # drawn on the host, then moved
+    labels[replace.to(labels.device)] = torch.randint(0, n_classes, (int(replace.sum()),),
+                                                      generator=generator).to(labels.device)
     return labels
 
 
@@ -375,17 +395,18 @@ def tree_students(samples: Sequence[tuple[torch.Tensor, torch.Tensor]], tests: S
     momentum 0.9, batch 32) and measure it: :math:`\rho`, the complexity term of T2, the margin bound T3 with it,
     the public code's formula, training error, error on ``tests[m]`` and the gap (test minus training error)."""
     sizes = [len(y) for _, y in samples]
-    x = torch.zeros(len(samples), max(sizes), *samples[0][0].shape[1:])
-    y = torch.zeros(len(samples), max(sizes), dtype=torch.long)
+    device = samples[0][0].device
+    x = torch.zeros(len(samples), max(sizes), *samples[0][0].shape[1:], device=device)
+    y = torch.zeros(len(samples), max(sizes), dtype=torch.long, device=device)
     for m, (xm, ym) in enumerate(samples):
         x[m, :len(ym)], y[m, :len(ym)] = xm, ym
-    model = train_stacked(StackedTree(len(samples), channels), x, y, sizes, seeds, batch=32, lr=lr, wd=wd,
+    model = train_stacked(StackedTree(len(samples), channels).to(device), x, y, sizes, seeds, batch=32, lr=lr, wd=wd,
                           momentum=0.9, steps=steps, loss="squared")
     rhos, rows = model.filter_norm_products(), []
     with torch.no_grad():
         train_outputs, test_outputs = model(x)[..., 0], model(torch.stack([xt for xt, _ in tests]))[..., 0]
     for m, ((xm, ym), (_, yt)) in enumerate(zip(samples, tests, strict=True)):
-        margins = ((2 * ym - 1) * train_outputs[m, :len(ym)]).double().numpy()
+        margins = ((2 * ym - 1) * train_outputs[m, :len(ym)]).double().cpu().numpy()
         test_error = float(((test_outputs[m] > 0).long() != yt).float().mean())
         energy, n = pixel_energies(xm).max(), len(ym)
         term = lambda r, e=energy, n=n: sparse_rademacher_bound(r, model.degrees, e, n)  # noqa: E731
@@ -424,6 +445,7 @@ def conv_student(kind: str, channels: int, split, *, n_outputs: int, steps: int,
 
     torch.manual_seed(seed)
     model = sparse_cnn(kind, channels, n_outputs=n_outputs, image_size=split.x_train.shape[-1])
+    model = model.to(split.x_train.device)
     train_sgd(model, split, batch=32, lr=lr, wd=3e-3, steps=steps, seed=seed, momentum=0.9, loss="squared")
     arch = architecture(model, tuple(split.x_train.shape[1:]))
     energies, n = pixel_energies(split.x_train), len(split.y_train)
@@ -440,10 +462,128 @@ def conv_student(kind: str, channels: int, split, *, n_outputs: int, steps: int,
            "train error": float((predict(train_out) != split.y_train).float().mean()),
            "test error": float((predict(test_out) != split.y_test).float().mean())}
     if n_outputs == 1:
-        margins = ((2 * split.y_train - 1) * train_out[:, 0]).double().numpy()
+        margins = ((2 * split.y_train - 1) * train_out[:, 0]).double().cpu().numpy()
         term = lambda r: sparse_rademacher_bound(r, arch.degrees, energies.max(), n)  # noqa: E731
         row["margin bound"] = margin_bound(term, arch.filter_norm_product, margins, gamma, delta)["bound"]
     return row
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's CONV-L-H networks on MNIST and CIFAR-10 (the full profile)
+
+PAPER_MILESTONES = (60, 100, 300)
+"""Epochs at which the public code's schedule multiplies the rate by 0.2 (of its 510 epochs)."""
+
+
+def conv_lh(depth: int, channels: int, image_size: int, in_channels: int = 1, n_outputs: int = 10) -> nn.Sequential:
+    r"""CONV-L-H of Galanti, Xu, Galanti and Poggio: ``depth`` (:math:`L`) bias-free 2x2 stride-1 convolutions of
+    ``channels`` (:math:`H`) channels, each followed by ReLU, then a dense linear read-out.
+
+    Each 2x2 stride-1 layer without padding maps an :math:`s\times s` map to :math:`(s-1)\times(s-1)`, so layer
+    :math:`l` has :math:`P^{\rm out}_l=(s-l)^2` positions and degree 4, and the read-out reads the remaining
+    :math:`(s-L)^2` positions (degree :math:`(s-L)^2`; 625 for :math:`L=3` on 28x28). The read-out is written as a
+    convolution whose kernel covers that map (one output position): the same linear map as the paper's fully
+    connected layer on the flattened features, without its bias. No bias, batch norm or pooling anywhere, so
+    :math:`f(cx)=cf(x)` for :math:`c>0`. This is :func:`sparse_cnn` ``"overlap"`` with ``depth`` layers."""
+    return sparse_cnn("overlap", channels, n_outputs=n_outputs, image_size=image_size, in_channels=in_channels,
+                      depth=depth)
+
+
+def subsample(split, n: int, seed: int):
+    """The first ``n`` training images of a permutation seeded with ``seed`` (all of them when ``n`` is at least
+    the training set's size), with the whole test set; indices drawn on the host, images stay on their device."""
+    total = len(split.y_train)
+    if n < 1:
+        raise ValueError(f"n: got {n}, expected a positive number of training images")
+    if n >= total:
+        return split
+    index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].to(split.y_train.device)
+    return type(split)(split.x_train[index], split.y_train[index], split.x_test, split.y_test)
+
+
+def batched_outputs(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """``model(x)`` in eval mode and batches of ``batch`` (a whole data set does not fit one forward pass)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[first:first + batch]) for first in range(0, len(x), batch)])
+
+
+def measure_network(model: nn.Module, split, *, delta: float = 0.01, batch: int = 1000) -> dict:
+    r"""The bounds of a trained sparse network (:func:`architecture`) and its measured errors on ``split``.
+
+    Returns :math:`n`, :math:`L`, :math:`\rho`, the complexity terms :math:`\hat{\mathfrak R}_S` of T2
+    (:func:`sparse_rademacher_bound`, busiest pixel's energy) and of GRS (:func:`grs_rademacher_bound`, Toeplitz
+    norms by L1, the sample's energy), C1's factors (:func:`bound_ratio`), the public code's formula
+    (:func:`code_formula_bound`) and its omitted read-out factor, training and test error (argmax, or the sign
+    for one output) and the gap = test error - training error. Norms and energies are float64 on the host;
+    outputs are computed where ``model`` lives, one host copy per error."""
+    arch = architecture(model, tuple(split.x_train.shape[1:]))
+    energies, n, k = pixel_energies(split.x_train), len(split.y_train), arch.n_outputs
+
+    def error(x, y):
+        out = batched_outputs(model, x, batch)
+        predicted = (out[:, 0] > 0).long() if k == 1 else out.argmax(dim=1)
+        return float((predicted != y).float().mean())
+
+    sides = [int(math.isqrt(d)) for d in arch.degrees[:-1]]
+    train_error, test_error = error(split.x_train, split.y_train), error(split.x_test, split.y_test)
+    rho = arch.filter_norm_product
+    return {"n": n, "depth": arch.depth - 1, "rho": rho, "arch": arch,
+            "sparse": sparse_rademacher_bound(rho, arch.degrees, energies.max(), n, k),
+            "grs": grs_rademacher_bound(arch.toeplitz_norm_product, arch.depth, energies.sum(), n, k),
+            "c1": bound_ratio(arch, energies), "readout factor": readout_factor(arch.degrees, sides),
+            "code bound": code_formula_bound(rho, arch.degrees, sides, energies.max(), n, k, delta),
+            "train error": train_error, "test error": test_error, "gap": test_error - train_error}
+
+
+def train_conv_lh(split, depth: int, channels: int, *, n: int, epochs: int, seed: int, lr: float = 0.01,
+                  momentum: float = 0.9, wd: float = 3e-3, batch: int = 32,
+                  milestones: Sequence[int] = PAPER_MILESTONES, delta: float = 0.01) -> dict:
+    r"""Train :func:`conv_lh` on ``n`` training images of ``split`` (:func:`subsample`; all classes, one output
+    per class) and measure it (:func:`measure_network`).
+
+    Training: :func:`theorylab.training.train_epochs`, squared loss to :math:`2\,\mathrm{onehot}-1`, SGD with
+    rate ``lr``, ``momentum``, weight decay ``wd``, batches of ``batch``, the rate multiplied by 0.2 at each of
+    ``milestones`` below ``epochs``; the model is built with ``torch.manual_seed(seed)`` and moved to the
+    images' device. The row gains ``epochs``, ``steps``, ``seconds`` and the final training loss."""
+    from .training import train_epochs
+
+    sample = subsample(split, n, seed)
+    torch.manual_seed(seed)
+    model = conv_lh(depth, channels, sample.x_train.shape[-1], sample.x_train.shape[1], int(split.y_train.max()) + 1)
+    result = train_epochs(model.to(sample.x_train.device), sample, batch=batch, lr=lr, wd=wd, epochs=epochs,
+                          milestones=[m for m in milestones if m < epochs], momentum=momentum, loss="squared",
+                          seed=seed, record=lambda _: {})
+    row = measure_network(result.model, sample, delta=delta)
+    return {**row, "epochs": result.epochs, "steps": result.steps, "seconds": result.seconds,
+            "train loss": result.history[-1]["train_loss"]}
+
+
+def paper_sweep(load, names: Sequence[str], depths: Sequence[int], sizes: Sequence[int], *, width: int, epochs: int,
+                seed: int, checkpoint=None) -> dict[tuple[str, int, int], dict]:
+    """:func:`train_conv_lh` for every data set in ``names`` (``load(name)`` gives its :class:`~theorylab.data.Split`,
+    loaded once), every depth and every training-set size, keyed ``(name, L, n)``. Each run goes through
+    ``checkpoint(f"paper-{name}-{L}-{n}", compute)`` when given (``cfg.checkpoint``: resumable run by run)."""
+    checkpoint = checkpoint or (lambda _, compute: compute())
+    runs = {}
+    for name in names:
+        split = load(name)
+        for depth in depths:
+            for n in sizes:
+                def compute(s=split, d=depth, m=n):
+                    return train_conv_lh(s, d, width, n=m, epochs=epochs, seed=seed)
+
+                runs[(name, depth, n)] = checkpoint(f"paper-{name}-{depth}-{n}", compute)
+    return runs
+
+
+def paper_report(runs: dict) -> str:
+    """One line per CONV-L-H run ``(data set, L, n)``: errors, gap, rho and the three bounds' values."""
+    lines = []
+    for (name, depth, _), r in runs.items():
+        lines.append(f"{name:8s} L={depth} n={r['n']:<6d} train err {r['train error']:.3f}, gap {r['gap']:+.3f}; "
+                     f"rho {r['rho']:.3g}; sparse {r['sparse']:.3g}, GRS {r['grs']:.3g}, code {r['code bound']:.3g}")
+    return "\n".join(lines)
 
 
 def stacked_depth_runs(split, depth: int, width: int, noises: Sequence[float], seeds: Sequence[int], *, steps: int,
@@ -455,7 +595,7 @@ def stacked_depth_runs(split, depth: int, width: int, noises: Sequence[float], s
     labels = torch.stack([replace_labels(split.y_train, p, 10, s + 1) for p, s in zip(noises, seeds, strict=True)])
     models = len(labels)
     x = split.x_train.expand(models, -1, -1).contiguous()
-    model = StackedMLP(models, [x.shape[-1]] + [width] * depth + [10])
+    model = StackedMLP(models, [x.shape[-1]] + [width] * depth + [10]).to(x.device)
     train_stacked(model, x, labels, [x.shape[1]] * models, seeds, batch=batch, lr=lr, wd=wd, momentum=0.9,
                   steps=steps, loss="cross_entropy")
     with torch.no_grad():
@@ -463,10 +603,11 @@ def stacked_depth_runs(split, depth: int, width: int, noises: Sequence[float], s
         test = (model(split.x_test.expand(models, -1, -1)).argmax(-1) != split.y_test).float().mean(1)
     rows = []
     for m, (p, s) in enumerate(zip(noises, seeds, strict=False)):
-        layers = [f[m].double().numpy() for f in features]
-        accuracies = [ncc_train_accuracy(f, labels[m].numpy()) for f in layers]
+        layers = [f[m].double().cpu().numpy() for f in features]
+        trained_on = labels[m].cpu().numpy()
+        accuracies = [ncc_train_accuracy(f, trained_on) for f in layers]
         rows.append({"noise": p, "seed": s, "layers": depth, "fit": float(fit[m]), "ncc": accuracies,
-                     "cdnv": layer_cdnv(layers, labels[m].numpy()), "depth": effective_depth(accuracies, eps),
+                     "cdnv": layer_cdnv(layers, trained_on), "depth": effective_depth(accuracies, eps),
                      "test error": float(test[m])})
     return rows
 
@@ -616,10 +757,17 @@ def teacher_tree_images(n: int, size: int = 8, channels: int = 4, seed: int = 0,
     return x, y
 
 
-def teacher_samples(seed: int):
+def teacher_samples(seed: int, device: torch.device | str = "cpu"):
     """``teacher(n, k)``: the ``k``-th training set of ``n`` teacher-labelled images
-    (:func:`teacher_tree_images` with seed ``seed + n + 7919 k``)."""
-    return lambda n, k=0: teacher_tree_images(n, seed=seed + n + 7919 * k)
+    (:func:`teacher_tree_images` with seed ``seed + n + 7919 k``), drawn on the host and moved to ``device``."""
+    return lambda n, k=0: tuple(t.to(device) for t in teacher_tree_images(n, seed=seed + n + 7919 * k))
+
+
+def to_device(split, device: torch.device | str):
+    """``split`` (a :class:`theorylab.data.Split`) with its four tensors on ``device``."""
+    from .data import Split
+
+    return Split(*(t.to(device) for t in (split.x_train, split.y_train, split.x_test, split.y_test)))
 
 
 def recordable(row: dict) -> dict:

@@ -708,7 +708,7 @@ def plot_paper_grid(fig, axes, rows: Sequence[dict], key: str = "mean rank") -> 
     """Contours of ``key`` over (batch, rate) from :func:`paper_grid`'s rows: one column per weight decay,
     one row per protocol, one colour scale for all panels."""
     decays = sorted({r["wd"] for r in rows})
-    top = max(r[key] for r in rows)
+    top = float(np.nanmax([r[key] for r in rows]))  # a diverged run (NaN) is left blank
     for col, wd in enumerate(decays):
         for row, protocol in enumerate(("epochs", "steps")):
             batches, rates, values = grid_array(rows, wd, protocol, key)

@@ -1,5 +1,6 @@
 """theorylab.rank on constructed matrices with known spectra, and the certificate on a real SGD run."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,152 @@ def test_seed_tables_hide_every_measured_number_from_the_text_comparison():
     rows = [{"rank": 12.34}, {"rank": 15.5}, {"rank": 9.0}]
     text = rank.seed_table({"wd=x": rows}, ("rank",), ".2f")
     assert re.sub(pattern, "~MEASURED", text) == "wd=x  rank~MEASURED ±~MEASURED"  # the regex eats the padding
+
+
+# --- the convolution operator and the paper's networks (full profile) --------------------------------------------
+
+def circular_operator(kernel, height, width):
+    """The brute-force matrix of a stride-1 convolution with circular padding: one column per basis image."""
+    out_c, in_c, k, _ = kernel.shape
+    size = in_c * height * width
+    basis = torch.eye(size, dtype=torch.float64).reshape(size, in_c, height, width)
+    pad = k // 2
+    padded = torch.nn.functional.pad(basis, (pad, pad, pad, pad), mode="circular")
+    out = torch.nn.functional.conv2d(padded, kernel.double())
+    return out.reshape(size, -1).T.numpy()
+
+
+@pytest.mark.parametrize("shape,size", [((3, 2, 3, 3), (5, 4)), ((2, 3, 3, 3), (2, 2)), ((4, 4, 1, 1), (3, 3))])
+def test_conv_operator_singular_values_match_the_brute_force_circular_operator(shape, size):
+    kernel = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    brute = np.linalg.svd(circular_operator(kernel, *size), compute_uv=False)
+    found = rank.conv_operator_singular_values(kernel, size)
+    np.testing.assert_allclose(found, brute[: len(found)], rtol=1e-9, atol=1e-10)
+    assert np.allclose(brute[len(found):], 0, atol=1e-10)  # the rest of a wide operator's spectrum is 0
+    eps = 1e-3
+    assert rank.conv_operator_rank(kernel, size, eps) == int(np.sum(brute > eps * np.linalg.norm(brute)))
+
+
+def test_conv_operator_rank_of_a_rank_one_kernel_is_the_number_of_positions():
+    # K[o, i, p, q] = a_o b_i c_pq: every P(u, v) = a b^T c_hat(u, v) has rank 1 where c_hat(u, v) != 0
+    a, b, c = torch.randn(4), torch.randn(3), torch.randn(3, 3)
+    kernel = a[:, None, None, None] * b[None, :, None, None] * c[None, None]
+    assert rank.conv_operator_rank(kernel, (6, 6), 1e-6) == 36
+    assert rank.conv_operator_rank(torch.randn(5, 5, 3, 3), (4, 4), 1e-6) == 5 * 16
+
+
+def test_conv_inputs_follow_the_resnet_stages():
+    model = rank.paper_network("resnet18", data.Split(torch.zeros(2, 3, 32, 32), torch.tensor([0, 9]),
+                                                      torch.zeros(2, 3, 32, 32), torch.tensor([0, 9])), width=4)
+    found = rank.conv_inputs(model, torch.zeros(2, 3, 32, 32))
+    assert len(found) == 20  # stem, 16 block convolutions, 3 shortcuts
+    assert {f["input_size"] for f in found.values()} == {(32, 32), (16, 16), (8, 8), (4, 4)}
+    assert sum(f["stride"] == (2, 2) for f in found.values()) == 6  # 3 first convolutions + 3 shortcuts
+
+
+def test_layer_ranks_match_constructed_spectra_and_weight_normalisation():
+    linear = torch.nn.Linear(6, 8)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(with_spectrum([3.0, 2.0, 1e-5], shape=(8, 6)), dtype=torch.float32))
+    conv = torch.nn.Conv2d(2, 3, 3)
+    normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 4))
+    with torch.no_grad():  # W = g V / ||V|| row-wise: g = 0 on two rows leaves rank 2
+        normed.parametrizations.weight.original0.copy_(torch.tensor([[1.0], [2.0], [0.0], [0.0]]))
+    rows = rank.layer_ranks(torch.nn.Sequential(linear, conv, normed), eps=1e-3)
+    assert [r["rank"] for r in rows] == [2, 3, 2]
+    assert [r["shape"] for r in rows] == [(8, 6), (3, 18), (4, 4)]
+    assert rows[0]["stable rank"] == pytest.approx(13 / 9, rel=1e-5)
+    assert rank.mean_rank(rows) == pytest.approx(7 / 3)
+    assert rank.mean_rank(rows, relative=True) == pytest.approx((2 / 6 + 3 / 3 + 2 / 4) / 3)
+
+
+def test_mlp_bn_wn_has_the_closed_form_parameter_count():
+    split = data.Split(torch.zeros(2, 3, 32, 32), torch.tensor([0, 9]), torch.zeros(2, 3, 32, 32), torch.tensor([0, 9]))
+    model = rank.paper_network("mlp_bn_wn", split, width=64)  # the paper's width 100, depth 10
+    w, d = 100, 3 * 32 * 32
+    hidden = (d * w + 4 * w) + 8 * (w * w + 4 * w)  # V, g, bias, batch norm's scale and shift
+    assert sum(p.numel() for p in model.parameters()) == hidden + w * 10 + 10
+
+
+def test_schedules_and_protocols_follow_their_closed_forms():
+    assert rank.compressed_milestones(200) == (60, 100)
+    assert rank.compressed_milestones(20) == (6, 10)
+    assert rank.compressed_milestones(500, over=500) == (60, 100, 200)
+    assert rank.compressed_milestones(2) == (1,)
+    assert rank.protocol_epochs(64, 30, 64, "steps") == 30 and rank.protocol_epochs(16, 30, 64, "steps") == 8
+    assert rank.protocol_epochs(256, 30, 64, "steps") == 120 and rank.protocol_epochs(16, 30, 64, "epochs") == 30
+    with pytest.raises(ValueError, match="protocol"):
+        rank.protocol_epochs(16, 30, 64, "time")
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar():
+    return data.public_images("cifar10", smoke=True, smoke_sizes=(64, 32), seed=0, root=Path("/nonexistent"))
+
+
+def test_train_paper_network_follows_the_step_schedule_and_measures_every_matrix(tiny_cifar):
+    run = rank.train_paper_network("resnet18", tiny_cifar, width=2, batch=16, lr=0.1, wd=5e-3, epochs=3,
+                                   milestones=(1, 2), record_every=1)
+    assert run.steps == 3 * 4 and [h["lr"] for h in run.history] == pytest.approx([0.1, 0.02, 0.004])
+    assert len(run.layers) == 21 and all(0 <= r["rank"] <= r["full"] for r in run.layers)
+    with_operator = [r for r in run.layers if "operator rank" in r]
+    assert len(with_operator) == 14  # the stride-1 convolutions: stem and 13 of the 16 block convolutions
+    assert all(r["operator rank"] <= r["operator full"] for r in with_operator)
+    assert 0 <= run.test_accuracy <= 1 and run.summary()["mean rank"] == pytest.approx(rank.mean_rank(run.layers))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    rank.plot_paper_runs(axes, [run], (1, 2))
+    assert len(axes[1].lines) == 3  # the run's curve and two milestones
+    plt.close(fig)
+
+
+def test_paper_grid_gives_equal_steps_under_the_fixed_step_protocol(tiny_cifar):
+    saved = {}
+
+    def checkpoint(key, compute):
+        return saved[key] if key in saved else saved.setdefault(key, compute())
+
+    def grid():
+        return rank.paper_grid("mlp_bn_wn", tiny_cifar, width=4, batches=(16, 32), rates=(0.1, 0.2),
+                               weight_decays=(0.0, 1e-2), epochs=1, reference_batch=16, checkpoint=checkpoint)
+
+    rows = grid()
+    assert len(rows) == 16 and len(saved) == 12  # B = 16 shares its run between the protocols
+    assert grid() == rows  # resumed from the saved runs
+    steps = [r["steps"] for r in rows if r["protocol"] == "steps"]
+    assert steps == [4] * 8  # 64 samples: 4 steps of 16, or 2 epochs of 2 steps of 32
+    batches, rates, values = rank.grid_array(rows, 1e-2, "epochs")
+    assert batches == [16, 32] and rates == [0.1, 0.2] and values.shape == (2, 2) and not np.isnan(values).any()
+    assert all(r["mean rank"] <= 6 for r in rows)  # width round(100 * 4 / 64) = 6
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, squeeze=False)
+    rank.plot_paper_grid(fig, axes, rows)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least 2"):
+        rank.paper_grid("mlp_bn_wn", tiny_cifar, width=4, batches=(16,), rates=(0.1, 0.2), weight_decays=(0.0,),
+                        epochs=1, reference_batch=16)
+
+
+def test_on_device_keeps_the_tensors():
+    split = data.digits(n_train=100)
+    moved = rank.on_device(split, "cpu")
+    assert torch.equal(moved.x_train, split.x_train) and moved.y_test.device.type == "cpu"
+
+
+def test_a_diverged_matrix_gets_nan_measures_instead_of_an_error():
+    bad = torch.eye(4)
+    bad[0, 0] = float("nan")
+    assert all(math.isnan(v) for v in rank.spectrum_measures(bad).values())
+    layer = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight.copy_(bad)
+    row = rank.layer_ranks(torch.nn.Sequential(layer))[0]
+    assert math.isnan(row["rank"]) and row["full"] == 4

@@ -24,8 +24,9 @@ def conv_kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 
 def as_matrix(weight: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A float64 matrix: 2-d weights as they are, convolution kernels reshaped."""
-    tensor = torch.as_tensor(weight).detach().to(torch.float64).cpu()
+    """A float64 matrix on the host: 2-d weights as they are, convolution kernels reshaped (one copy off
+    the device, then the conversion: float32 to float64 is exact)."""
+    tensor = torch.as_tensor(weight).detach().cpu().to(torch.float64)
     if tensor.ndim == 4:
         return conv_kernel_matrix(tensor)
     if tensor.ndim != 2:
@@ -146,8 +147,13 @@ def near_convergence_distance(weight, batch_gradient, wd: float) -> float:
 
 def spectrum_measures(weight, eps: Sequence[float] = (1e-3, 1e-2), tail_eps: Sequence[float] = (1e-3, 0.1)) -> dict:
     r"""Every rank measure of the chapter from one SVD: ``count rank EPS`` (:math:`\mathrm{rank}^{\#}_\varepsilon`),
-    ``tail rank EPS`` (:math:`\mathrm{rank}^{\rm tail}_\varepsilon`) and ``stable rank`` (:math:`\|W\|_F^2/\sigma_1^2`)."""
-    s = singular_values(weight)
+    ``tail rank EPS`` (:math:`\mathrm{rank}^{\rm tail}_\varepsilon`) and ``stable rank`` (:math:`\|W\|_F^2/\sigma_1^2`);
+    every measure is NaN for a matrix with a non-finite entry (a diverged run)."""
+    matrix = as_matrix(weight)
+    if not bool(torch.isfinite(matrix).all()):
+        return {**{f"count rank {e:g}": math.nan for e in eps}, **{f"tail rank {e:g}": math.nan for e in tail_eps},
+                "stable rank": math.nan}
+    s = torch.linalg.svdvals(matrix).numpy()
     s2 = s ** 2
     total = s2.sum()
     tails = np.concatenate([np.cumsum(s2[::-1])[::-1], [0.0]])
@@ -201,13 +207,17 @@ def train_stacked_mlps(widths: Sequence[int], split, configs: Sequence[dict], *,
     for c in configs:
         torch.manual_seed(c["seed"])
         layers.append([m for m in training.mlp(widths) if isinstance(m, torch.nn.Linear)])
-    weights = [torch.stack([run[k].weight.detach() for run in layers]).requires_grad_() for k in range(len(widths) - 1)]
-    biases = [torch.stack([run[k].bias.detach() for run in layers]).requires_grad_() for k in range(len(widths) - 1)]
-    lr = torch.tensor([float(c["lr"]) for c in configs])
-    wd = torch.tensor([float(c["wd"]) for c in configs])
+    device = split.x_train.device
+    weights = [torch.stack([run[k].weight.detach() for run in layers]).to(device).requires_grad_()
+               for k in range(len(widths) - 1)]
+    biases = [torch.stack([run[k].bias.detach() for run in layers]).to(device).requires_grad_()
+              for k in range(len(widths) - 1)]
+    lr = torch.tensor([float(c["lr"]) for c in configs], device=device)
+    wd = torch.tensor([float(c["wd"]) for c in configs], device=device)
     n = len(split.y_train)
     index = torch.stack([torch.stack([torch.randint(0, n, (batch,), generator=g) for _ in range(steps)])
-                         for g in (torch.Generator().manual_seed(int(c["seed"])) for c in configs)])  # (runs, steps, B)
+                         for g in (torch.Generator().manual_seed(int(c["seed"])) for c in configs)]
+                        ).to(device)  # (runs, steps, B), drawn on the host as on the CPU
     measure = measure or (lambda ws, run: {})
     records: dict[int, list[dict]] = {}
     wanted = {*measure_at, steps}
@@ -215,8 +225,9 @@ def train_stacked_mlps(widths: Sequence[int], split, configs: Sequence[dict], *,
     def record(step):
         with torch.no_grad():
             logits = _stacked_forward(weights, biases, split.x_test.expand(len(configs), *split.x_test.shape))
-            acc = (logits.argmax(-1) == split.y_test).float().mean(1)
-        records[step] = [{**measure([w[r].detach() for w in weights], r), "test accuracy": float(acc[r])}
+            acc = (logits.argmax(-1) == split.y_test).float().mean(1).tolist()
+            host = [w.detach().cpu() for w in weights]  # one copy off the device per measured step
+        records[step] = [{**measure([w[r] for w in host], r), "test accuracy": acc[r]}
                          for r in range(len(configs))]
 
     for step in range(steps):
@@ -232,7 +243,7 @@ def train_stacked_mlps(widths: Sequence[int], split, configs: Sequence[dict], *,
                 shape = (-1,) + (1,) * (p.ndim - 1)
                 p.sub_(lr.view(shape) * (g + wd.view(shape) * p))
     record(steps)
-    return StackedRuns(configs=[dict(c) for c in configs], records=records, weights=[w.detach() for w in weights])
+    return StackedRuns(configs=[dict(c) for c in configs], records=records, weights=[w.detach().cpu() for w in weights])
 
 
 def hidden_measures(weights: Sequence[torch.Tensor], run: int = 0) -> dict:
@@ -327,14 +338,14 @@ def certificate_experiment(split, *, widths: Sequence[int], batch: int, lr: floa
     if not 1 <= window <= scan <= steps:
         raise ValueError(f"expected 1 <= window <= scan <= steps, got {window}, {scan}, {steps}")
     torch.manual_seed(seed)
-    model = training.mlp(widths)
+    model = training.mlp(widths).to(split.x_train.device)  # initialised on the host, trained on the data's device
     middle = training.weight_matrices(model)[1]
     result = training.train_sgd(model, split, batch=batch, lr=lr, wd=wd, steps=steps, seed=seed, unroll=(middle, window),
                                 check_gradients=check_gradients, record_every=1,
-                                record=lambda m: {"norm": float(middle.detach().norm())})
+                                record=lambda m: {"norm": middle.detach().norm()})  # a tensor: no sync per step
     tracker = result.unrolled
     found = certificate(tracker.start, middle, tracker.total, decay_factor(tracker.lrs, wd), window, rank_per_step=batch)
-    norms = [result.history[steps - n]["norm"] for n in range(scan + 1)]
+    norms = torch.stack([result.history[steps - n]["norm"] for n in range(scan + 1)]).tolist()  # one host copy
     distances = []
     for index in torch.randperm(len(split.y_train), generator=torch.Generator().manual_seed(seed))[:l4_examples]:
         model.zero_grad()
@@ -357,7 +368,7 @@ def cnn_runs(split, weight_decays: Sequence[float], seeds: Sequence[int], *, ste
     for wd in weight_decays:
         for s in seeds:
             torch.manual_seed(s)
-            model = training.small_cnn(channels)
+            model = training.small_cnn(channels).to(split.x_train.device)
             kernel = training.weight_matrices(model)[1]
             result = training.train_sgd(model, split, batch=batch, lr=lr, wd=wd, steps=steps, seed=s,
                                         record_every=record_every,
@@ -450,3 +461,284 @@ def plot_grid(fig, axes, contours: dict) -> None:
             ax.set(xscale="log", yscale="log", xlabel="B", ylabel="μ", title=f"wd={wd:g}, fixed {protocol}")
     fig.subplots_adjust(wspace=0.45, hspace=0.5)
     fig.colorbar(filled, ax=axes, label="mean count rank (ε = 1e-3)")
+
+
+def on_device(split, device):
+    """``split`` (a :class:`theorylab.data.Split`) with its four tensors on ``device`` (a no-op where they are)."""
+    from theorylab.data import Split
+
+    return Split(*(t.to(device) for t in (split.x_train, split.y_train, split.x_test, split.y_test)))
+
+
+# --- the convolution operator ------------------------------------------------------------------------------------
+
+def conv_operator_singular_values(weight, input_size: Sequence[int]) -> np.ndarray:
+    r"""Singular values of a stride-1 convolution with circular padding, as the linear map
+    :math:`\mathbb R^{C_{\rm in}HW}\to\mathbb R^{C_{\rm out}HW}` on :math:`H\times W` inputs (sorted, float64).
+
+    By Sedghi, Gupta and Long (2019, Theorem 6) they are the union over the :math:`HW` frequencies
+    :math:`(u,v)` of the singular values of the :math:`C_{\rm out}\times C_{\rm in}` matrices
+    :math:`P(u,v)=\sum_{p,q}K_{:,:,p,q}\,e^{-2\pi i(pu/H+qv/W)}`, the 2-d DFT of the kernel zero-filled (or,
+    for a kernel larger than the input, wrapped) to :math:`H\times W`. The offset of the padding and
+    correlation against convolution change :math:`P` only by phases and a reflection of the frequencies,
+    so not the singular values. For zero padding (the networks' layers) this is the circular layer's
+    spectrum, an approximation whose error is confined to the border."""
+    kernel = torch.as_tensor(weight).detach().cpu().to(torch.float64)
+    if kernel.ndim != 4:
+        raise ValueError(f"weight: expected a 4-d convolution kernel, got shape {tuple(kernel.shape)}")
+    sizes = [int(s) for s in input_size]
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"input_size: got {tuple(input_size)}, expected two positive sizes (H, W)")
+    height, width = sizes
+    out_c, in_c, kh, kw = kernel.shape
+    wrapped = torch.zeros(out_c, in_c, height, width, dtype=torch.float64)
+    for p in range(kh):  # wrap taps beyond the input: circular convolution aliases them
+        for q in range(kw):
+            wrapped[:, :, p % height, q % width] += kernel[:, :, p, q]
+    blocks = torch.fft.fft2(wrapped, dim=(2, 3)).permute(2, 3, 0, 1)  # (H, W, C_out, C_in)
+    values = torch.linalg.svdvals(blocks).flatten().numpy()
+    return np.sort(values)[::-1]
+
+
+def conv_operator_rank(weight, input_size: Sequence[int], eps: float = 1e-3) -> int:
+    r"""Count rank (D1) of the circular convolution operator: :math:`\#\{i:\sigma_i>\varepsilon\|T\|_F\}` over
+    :func:`conv_operator_singular_values`, at most :math:`HW\min(C_{\rm in},C_{\rm out})`."""
+    s = conv_operator_singular_values(weight, input_size)
+    return int(np.count_nonzero(s > _check_eps(eps) * np.sqrt(np.sum(s ** 2))))
+
+
+def conv_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, dict]:
+    """For every ``Conv2d`` of ``model`` (by name) the spatial size of its input on ``x`` and its stride,
+    read with forward hooks in eval mode."""
+    found: dict[str, dict] = {}
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: found.__setitem__(
+        name, {"input_size": tuple(args[0].shape[-2:]), "stride": tuple(m.stride)}))
+        for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found
+
+
+# --- the paper's networks on an image set ------------------------------------------------------------------------
+
+PAPER_NETWORKS = ("resnet18", "vgg16", "mlp_bn_wn")
+PAPER_MILESTONES = (60, 100, 200)
+"""The paper's code: ``MultiStepLR(milestones=[60, 100, 200], gamma=0.2)`` over 500 epochs."""
+
+
+def paper_network(name: str, split, width: int) -> torch.nn.Module:
+    """One of :data:`PAPER_NETWORKS` for ``split``'s images, on their device: ResNet-18 or VGG-16 with
+    first-stage width ``width`` (the paper's 64), or the depth-10 MLP with batch and weight normalisation
+    of width ``round(100 * width / 64)`` (the paper's 100 at ``width=64``)."""
+    from theorylab import models
+
+    shape, n_classes = tuple(split.x_train.shape[1:]), int(split.y_train.max()) + 1
+    if name == "resnet18":
+        model = models.resnet18(n_classes, shape[0], width=width)
+    elif name == "vgg16":
+        model = models.vgg16(n_classes, shape[0], width=width)
+    elif name == "mlp_bn_wn":
+        model = models.mlp_bn_wn(int(np.prod(shape)), n_classes, width=max(1, round(100 * width / 64)), depth=10)
+    else:
+        raise ValueError(f"name: got {name!r}, expected one of {list(PAPER_NETWORKS)}")
+    return model.to(split.x_train.device)
+
+
+def compressed_milestones(epochs: int, over: int = 200) -> tuple[int, ...]:
+    """The paper's milestones below ``over`` epochs, rescaled so that its first ``over`` epochs last
+    ``epochs``: ``round(m * epochs / over)`` (kept when at least 1 and below ``epochs``)."""
+    scaled = (round(m * epochs / over) for m in PAPER_MILESTONES if m < over)
+    return tuple(sorted({m for m in scaled if 1 <= m < epochs}))
+
+
+def layer_ranks(model: torch.nn.Module, eps: float = 1e-3, conv_inputs_of: dict | None = None) -> list[dict]:
+    r"""For every linear and convolutional weight of ``model`` (a weight-normalised layer's effective
+    :math:`g\,V/\|V\|`), one row: ``name``, ``kind``, ``shape`` of the matrix (kernels reshaped to
+    :math:`C_{\rm out}\times C_{\rm in}k^2`), ``full`` = its smaller side, ``rank`` = the count rank at
+    ``eps`` (:math:`\#\{i:\sigma_i>\varepsilon\|W\|_F\}`, the paper's code at 1e-3) and ``stable rank``.
+    With ``conv_inputs_of`` (from :func:`conv_inputs`) a stride-1 convolution also gets ``operator rank``
+    (:func:`conv_operator_rank`) and ``operator full`` = :math:`HW\min(C_{\rm in},C_{\rm out})`.
+    The weights are copied to the host once, then measured in float64; a matrix with a non-finite entry
+    (a diverged run) gets NaN ranks."""
+    named = [(n, m.weight.detach()) for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    host = [w.cpu() for _, w in named]
+    rows = []
+    for (name, _), w in zip(named, host, strict=True):
+        matrix = as_matrix(w)
+        row = {"name": name, "kind": "conv" if w.ndim == 4 else "linear", "shape": tuple(matrix.shape),
+               "full": int(min(matrix.shape)), "rank": math.nan, "stable rank": math.nan}
+        rows.append(row)
+        if not bool(torch.isfinite(matrix).all()):  # a diverged run: no spectrum, NaN ranks
+            continue
+        s = torch.linalg.svdvals(matrix).numpy()
+        row["rank"] = int(np.count_nonzero(s > _check_eps(eps) * np.sqrt(np.sum(s ** 2))))
+        row["stable rank"] = float(np.sum(s ** 2) / s[0] ** 2)
+        where = (conv_inputs_of or {}).get(name)
+        if where is not None and where["stride"] == (1, 1):
+            row["operator rank"] = conv_operator_rank(w, where["input_size"], eps)
+            row["operator full"] = int(np.prod(where["input_size"]) * min(w.shape[:2]))
+    return rows
+
+
+def mean_rank(layers: Sequence[dict], key: str = "rank", relative: bool = False) -> float:
+    """The mean over ``layers`` (rows of :func:`layer_ranks` that have ``key``) of ``key``, or of
+    ``key / full`` with ``relative`` (the fraction of each matrix's possible rank)."""
+    full = "operator full" if key == "operator rank" else "full"
+    values = [r[key] / r[full] if relative else r[key] for r in layers if key in r]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class PaperRun:
+    """:func:`train_paper_network`'s result (the model stays out: it would not survive a checkpoint on
+    another device)."""
+
+    network: str
+    batch: int
+    lr: float
+    wd: float
+    epochs: int
+    milestones: tuple[int, ...]
+    steps: int
+    seconds: float
+    test_accuracy: float
+    train_accuracy: float
+    layers: list[dict]
+    history: list[dict]
+
+    def summary(self) -> dict:
+        """The run's setting with its accuracies and mean ranks (absolute and relative)."""
+        return {"network": self.network, "batch": self.batch, "lr": self.lr, "wd": self.wd, "epochs": self.epochs,
+                "steps": self.steps, "test accuracy": self.test_accuracy, "train accuracy": self.train_accuracy,
+                "mean rank": mean_rank(self.layers), "mean relative rank": mean_rank(self.layers, relative=True),
+                "mean operator rank": mean_rank(self.layers, "operator rank", relative=True)}
+
+
+def train_paper_network(name: str, split, *, width: int, batch: int, lr: float, wd: float, epochs: int,
+                        milestones: Sequence[int] = PAPER_MILESTONES, seed: int = 0, eps: float = 1e-3,
+                        record_every: int = 0, operator: bool = True) -> PaperRun:
+    r"""Train :func:`paper_network` ``name`` on ``split`` (on its device) as the paper's code does: plain
+    SGD (no momentum, no augmentation) with weight decay, cross-entropy, ``epochs`` epochs of shuffled
+    batches of ``batch`` and the step schedule
+    :math:`\mu_e=\mu\cdot0.2^{|\{m\in\text{milestones}:m\le e\}|}`
+    (:func:`theorylab.training.train_epochs`; initialisation after ``torch.manual_seed(seed)``).
+
+    Returns the test and train accuracy, :func:`layer_ranks` at ``eps`` of every weight matrix (with the
+    operator rank of each stride-1 convolution when ``operator``), and every ``record_every`` epochs the
+    mean count rank (absolute and relative, :func:`mean_rank`) and the test accuracy. Milestones at or
+    beyond ``epochs`` have no effect."""
+    from theorylab import training
+
+    torch.manual_seed(seed)
+    model = paper_network(name, split, width)
+
+    def record(m):
+        layers = layer_ranks(m, eps)
+        return {"mean rank": mean_rank(layers), "mean relative rank": mean_rank(layers, relative=True),
+                "test accuracy": training.batched_accuracy(m, split.x_test, split.y_test)}
+
+    result = training.train_epochs(model, split, batch=batch, lr=lr, wd=wd, epochs=epochs, milestones=milestones,
+                                   gamma=0.2, seed=seed, record_every=record_every,
+                                   record=record if record_every else None)
+    where = conv_inputs(model, split.x_test[:2]) if operator else None
+    return PaperRun(network=name, batch=batch, lr=lr, wd=wd, epochs=epochs, milestones=tuple(milestones),
+                    steps=result.steps, seconds=result.seconds,
+                    test_accuracy=training.batched_accuracy(model, split.x_test, split.y_test),
+                    train_accuracy=training.batched_accuracy(model, split.x_train, split.y_train),
+                    layers=layer_ranks(model, eps, where), history=result.history)
+
+
+def protocol_epochs(batch: int, epochs: int, reference_batch: int, protocol: str) -> int:
+    r"""Epochs of a run at ``batch``: ``epochs`` under ``"epochs"``; under ``"steps"`` the epochs that give
+    the step count of ``epochs`` epochs at ``reference_batch``, :math:`\max(1,\mathrm{round}(E\,B/B_0))`
+    (equal steps up to one epoch's rounding)."""
+    if protocol == "epochs":
+        return epochs
+    if protocol == "steps":
+        return max(1, round(epochs * batch / reference_batch))
+    raise ValueError(f"protocol: got {protocol!r}, expected 'epochs' or 'steps'")
+
+
+def paper_grid(name: str, split, *, width: int, batches: Sequence[int], rates: Sequence[float],
+               weight_decays: Sequence[float], epochs: int, reference_batch: int, seed: int = 0,
+               checkpoint=None) -> list[dict]:
+    r"""The (batch, learning rate) grid of one paper network for every weight decay under both protocols:
+    fixed ``epochs`` epochs, and fixed steps (those of ``epochs`` epochs at ``reference_batch``,
+    :func:`protocol_epochs`). The schedule is :func:`compressed_milestones` of each run's epochs. One
+    :meth:`PaperRun.summary` row per run, with ``protocol``; a run shared by both protocols (at
+    ``reference_batch``) is trained once. ``checkpoint(name, compute)`` (a run's ``cfg.checkpoint``)
+    saves each run as ``grid-K``, K its position in the grid's order, so an interrupted grid resumes."""
+    if min(len(batches), len(rates)) < 2:
+        raise ValueError(f"need at least 2 batch sizes and 2 rates for contours, got {list(batches)}, {list(rates)}")
+    checkpoint = checkpoint or (lambda key, compute: compute())
+    rows, done = [], {}
+    for wd in weight_decays:
+        for b in batches:
+            for lr in rates:
+                for protocol in ("epochs", "steps"):
+                    e = protocol_epochs(b, epochs, reference_batch, protocol)
+                    if (wd, b, lr, e) not in done:
+                        done[wd, b, lr, e] = checkpoint(f"grid-{len(done)}", lambda b=b, lr=lr, wd=wd, e=e: (
+                            train_paper_network(name, split, width=width, batch=b, lr=lr, wd=wd, epochs=e, seed=seed,
+                                                milestones=compressed_milestones(e), operator=False).summary()))
+                    rows.append({**done[wd, b, lr, e], "protocol": protocol})
+    return rows
+
+
+def grid_array(rows: Sequence[dict], wd: float, protocol: str, key: str = "mean rank") -> tuple[list, list, np.ndarray]:
+    """Batches, rates and the rate-by-batch array of ``key`` for one weight decay and protocol of
+    :func:`paper_grid`'s rows."""
+    mine = [r for r in rows if r["protocol"] == protocol and math.isclose(r["wd"], wd, abs_tol=1e-15)]
+    batches, rates = sorted({r["batch"] for r in mine}), sorted({r["lr"] for r in mine})
+    values = np.full((len(rates), len(batches)), np.nan)
+    for r in mine:
+        values[rates.index(r["lr"]), batches.index(r["batch"])] = r[key]
+    return batches, rates, values
+
+
+def plot_paper_grid(fig, axes, rows: Sequence[dict], key: str = "mean rank") -> None:
+    """Contours of ``key`` over (batch, rate) from :func:`paper_grid`'s rows: one column per weight decay,
+    one row per protocol, one colour scale for all panels."""
+    decays = sorted({r["wd"] for r in rows})
+    top = float(np.nanmax([r[key] for r in rows]))  # a diverged run (NaN) is left blank
+    for col, wd in enumerate(decays):
+        for row, protocol in enumerate(("epochs", "steps")):
+            batches, rates, values = grid_array(rows, wd, protocol, key)
+            ax = axes[row, col]
+            filled = ax.contourf(batches, rates, values, levels=np.linspace(0, top, 11))
+            ax.set(xscale="log", yscale="log", xlabel="B", ylabel="μ", title=f"wd={wd:g}, fixed {protocol}")
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_yticks(rates, [f"{r:g}" for r in rates])
+            ax.minorticks_off()
+    fig.subplots_adjust(wspace=0.45, hspace=0.5)
+    fig.colorbar(filled, ax=axes, label=f"{key} (count rank, ε = 1e-3)")
+
+
+def plot_paper_runs(axes, runs: Sequence[PaperRun], milestones: Sequence[int] = ()) -> None:
+    """Left: test accuracy against the mean relative rank, one marker and colour per network, each point
+    labelled with its weight decay. Right: the recorded mean relative rank against the epoch (line style
+    by weight decay), with ``milestones`` dotted."""
+    networks = list(dict.fromkeys(r.network for r in runs))
+    decays = sorted({r.wd for r in runs})
+    for k, net in enumerate(networks):
+        for r in (r for r in runs if r.network == net):
+            x, colour = mean_rank(r.layers, relative=True), f"C{k}"
+            axes[0].scatter(x, r.test_accuracy, marker="osDv^"[k % 5], color=colour,
+                            label=net if r.wd == decays[0] else None)
+            axes[0].annotate(f"{r.wd:g}", (x, r.test_accuracy), fontsize=6)
+            axes[1].plot([h["epoch"] for h in r.history], [h["mean relative rank"] for h in r.history],
+                         ls=("-", "--", ":", "-.")[decays.index(r.wd) % 4], color=colour, label=f"{net}, wd={r.wd:g}")
+    for m in milestones:
+        axes[1].axvline(m, color="0.5", lw=0.8, ls=":")
+    axes[0].set(xlabel="mean rank / full rank", ylabel="test accuracy", title="labels: wd")
+    axes[1].set(xlabel="epoch", ylabel="mean rank / full rank")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=5)

@@ -169,7 +169,11 @@ CHAPTERS: dict[str, ChapterSpec] = {
         full_note="the digit sweeps 6.7x longer with 5 seeds and a 5x5 (batch, rate) grid; ResNet-18, VGG-16 and "
                   "the BN-WN MLP on CIFAR-10 for 200 epochs (B=128, lr 0.1, wd 0/1e-3/5e-3, the paper's "
                   "step schedule); a 3x3 CIFAR-10 (batch, rate) grid of the MLP per weight decay under both "
-                  "protocols (an estimate from operation counts and typical step times, not run)",
+                  "protocols",
+        headline=("trends.ranks_by_wd[0]", "trends.ranks_by_wd[3]", "batch_protocols.fixed_epochs[0]",
+                  "batch_protocols.fixed_epochs[3]", "certificate.tail_rank"),
+        precision="float32 training, no TF32 (its 10-bit products would add noise near the smallest singular "
+                  "values the rank counts); every SVD in float64 on the host",
     ),
     "speculative-inference": ChapterSpec(
         name="speculative-inference",

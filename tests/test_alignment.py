@@ -498,3 +498,67 @@ def test_directions_above_counts_eigenvalues_over_the_floor():
     assert al.directions_above(gram) == 3 and al.directions_above(gram, 1e-3) == 2
     with pytest.raises(ValueError, match="floor"):
         al.directions_above(gram, 0.0)
+
+
+def test_an_in_place_activation_after_the_layer_does_not_overwrite_its_outputs():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    in_place = copy.deepcopy(plain)
+    in_place[1] = nn.ReLU(inplace=True)
+    x, y = small_data(n=9, dim=4)
+    reference = al.layer_statistics(plain, x, y, 0)
+    stats = al.layer_statistics(in_place, x, y, 0)
+    assert (reference.h_b < 0).any()  # pre-activations, which an in-place ReLU would have clipped
+    weight, bias = plain[0].weight.detach().numpy(), plain[0].bias.detach().numpy()
+    assert np.allclose(stats.h_b, stats.h_a @ weight.T + bias, atol=1e-12)
+    for name in ("h_a", "h_b", "g_a", "g_b"):
+        assert np.allclose(getattr(stats, name), getattr(reference, name), atol=1e-12)
+
+
+def test_head_statistics_are_the_whole_networks_statistics_of_the_head_layers():
+    from theorylab import models
+
+    torch.manual_seed(0)
+    model = models.resnet18(5, 3, width=2, head=(16,)).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, 8, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (12,), generator=generator)
+    model.train()  # eval mode is the measurement's; the training mode must come back
+    for head_index, model_index in ((0, -2), (1, -1)):
+        by_head = al.head_statistics(model, x, y, head_index, chunk=5)
+        whole = al.layer_statistics(model, x, y, model_index)
+        for name in ("h_a", "h_b", "g_a", "g_b", "weight"):
+            assert np.allclose(getattr(by_head, name), getattr(whole, name), atol=1e-10)
+    assert model.training
+    assert al.head_inputs(model, x).shape == (12, 16)
+    with pytest.raises(ValueError, match="features"):
+        al.head_inputs(nn.Linear(3, 2), x)
+
+
+def toy_images(n_train=40, n_test=10, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return data.Split(torch.randn(n_train, 3, 8, 8, generator=generator),
+                      torch.arange(n_train) % 4,
+                      torch.randn(n_test, 3, 8, 8, generator=generator), torch.arange(n_test) % 4)
+
+
+def test_resnet_alignment_measures_both_head_layers_every_few_epochs():
+    split = toy_images()
+    run = al.resnet_alignment(split, lr=0.05, wd=5e-4, batch=16, epochs=2, width=2, record_every=1,
+                              measure=24, null_draws=3)
+    assert run.steps == 2 * 3  # ceil(40 / 16) batches per epoch
+    assert [row["epoch"] for row in run.history] == [1, 2]
+    assert run.history[-1]["alignments"] == run.final  # the last record is the final model's
+    for by_layer in (run.final, run.final_centred):
+        assert set(by_layer) == {"penultimate", "output"}
+        for six in by_layer.values():
+            assert list(six) == list(al.RELATIONS)
+            assert all(-1 - 1e-9 <= v <= 1 + 1e-9 for v in six.values())
+    assert set(run.largest_null) == {"penultimate", "output"}
+    assert 0 <= run.test_accuracy <= 1
+    assert run.mean_alignment("output") == pytest.approx(np.mean(list(run.final["output"].values())))
+    again = al.resnet_alignment(split, lr=0.05, wd=5e-4, batch=16, epochs=2, width=2, record_every=1,
+                                measure=24)
+    assert again.final == run.final and again.largest_null == {}  # seeded: the same run
+    with pytest.raises(ValueError, match="null_draws"):
+        al.resnet_alignment(split, lr=0.05, wd=0.0, batch=16, epochs=1, width=2, null_draws=-1)

@@ -84,7 +84,8 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     ``targets`` ``(N, T)`` (the loss then sums over every position). A linear layer applied at every position
     sees ``(N, T, d)``; its rows are then the ``N*T`` positions (``rows_per_sample = T``), and the gradient of a
     row is the summed loss's gradient at that position. A forward pre-hook replaces the layer's input by a
-    detached leaf that requires gradients and a forward hook keeps its output; ``torch.autograd.grad`` then
+    detached leaf that requires gradients and a forward hook keeps its output (passing a copy on, so
+    that an in-place activation such as ``ReLU(inplace=True)`` cannot overwrite it); ``torch.autograd.grad`` then
     gives :math:`-g_a` and :math:`-g_b` without touching the parameters' ``.grad``. The model's training mode
     is restored afterwards.
     """
@@ -101,6 +102,7 @@ def layer_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
     def take_output(_module, _args, output):
         captured["out"].append(output)
+        return output.clone()  # an in-place activation after the layer (ReLU(inplace=True)) must not overwrite h_b
 
     was_training = model.training
     handles = [module.register_forward_pre_hook(take_input), module.register_forward_hook(take_output)]
@@ -633,3 +635,97 @@ def directions_above(gram: np.ndarray, floor: float = 1e-4) -> int:
     if not 0 < floor < 1 or lam[0] <= 0:
         raise ValueError(f"floor must lie in (0, 1) and the Gram have a positive eigenvalue; got {floor}, {lam[0]}")
     return int(np.sum(lam >= floor * lam[0]))
+
+
+HEAD_LAYERS = {"penultimate": 0, "output": 1}
+"""The measured layers of :func:`resnet_alignment`'s two-layer head, by index in ``model.head``."""
+
+
+def head_inputs(model: nn.Module, inputs: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """What a network with ``model.features``, ``model.pool`` and ``model.head`` (:mod:`theorylab.models`) feeds
+    its head: ``pool(features(x))``, in eval mode, without gradients, in chunks of ``chunk`` rows, on the
+    inputs' device. The model's training mode is restored afterwards."""
+    chunk = positive_int("chunk", chunk)
+    if not all(hasattr(model, part) for part in ("features", "pool", "head")):
+        raise ValueError("head_inputs needs a model with .features, .pool and .head (theorylab.models)")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model.pool(model.features(inputs[first:first + chunk]))
+                              for first in range(0, len(inputs), chunk)])
+    finally:
+        model.train(was_training)
+
+
+def head_statistics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer: int,
+                    chunk: int = 1000) -> LayerStatistics:
+    r""":func:`layer_statistics` of linear layer ``layer`` of ``model.head``, computed on the head alone from
+    :func:`head_inputs`. Exact, not an approximation: the per-sample loss depends on the features only
+    through the head, so :math:`h_a, h_b, g_a, g_b` are those of the whole network in eval mode, while the
+    convolutional part runs in chunks without a graph (a full training set does not fit one backward
+    pass)."""
+    return layer_statistics(model.head, head_inputs(model, inputs, chunk), targets, layer)
+
+
+@dataclass
+class ResNetAlignmentRun:
+    """One ResNet-18 run of :func:`resnet_alignment`: ``history`` rows (``epoch``, ``lr``, ``train_loss`` and
+    ``alignments`` ``{layer name: the six}``) every ``record_every`` epochs and at the end; the six normalised
+    and raw-centred alignments of each head layer at the end (``final``, ``final_centred``); the largest
+    null alignment of each layer over both null kinds (``largest_null``; empty with ``null_draws=0``); the
+    test accuracy, the steps and the training seconds. The model is not kept (a sweep's checkpoints stay
+    small)."""
+
+    history: list[dict]
+    final: dict[str, dict[str, float]]
+    final_centred: dict[str, dict[str, float]]
+    largest_null: dict[str, float]
+    test_accuracy: float
+    steps: int
+    seconds: float
+
+    def mean_alignment(self, layer: str = "penultimate") -> float:
+        """Mean of the six normalised alignments of ``layer`` at the end."""
+        return float(np.mean(list(self.final[layer].values())))
+
+
+def resnet_alignment(split: Split, *, lr: float, wd: float, batch: int, epochs: int, width: int = 64,
+                     seed: int = 0, momentum: float = 0.0, augment: bool = False, record_every: int = 0,
+                     measure: int = 10_000, null_draws: int = 0, autocast: torch.dtype | None = None
+                     ) -> ResNetAlignmentRun:
+    r"""Train ``models.resnet18(C, c, width, head=(8 * width,))`` (the paper's two-layer fully connected head:
+    :math:`8w\to8w\to C`; initialised after ``torch.manual_seed(seed)``) on ``split``'s images with
+    :func:`theorylab.training.train_epochs` (SGD at rate ``lr``, ``weight_decay=wd`` on every parameter,
+    batches of ``batch``, ``epochs`` epochs, constant rate), where ``split`` lives. Every ``record_every``
+    epochs and at the end, :func:`crh_alignments` (normalised moments) of both head layers (``penultimate``
+    :math:`8w\to8w` and ``output`` :math:`8w\to C`, :data:`HEAD_LAYERS`) are measured on the first
+    ``measure`` training images by :func:`head_statistics`, the statistics leaving the device once per
+    measurement; at the end also the raw-centred alignments, ``null_draws`` draws of each null of
+    :func:`null_alignments`, and the test accuracy."""
+    from . import models, training
+
+    measure = positive_int("measure", measure)
+    if isinstance(null_draws, bool) or not isinstance(null_draws, int) or null_draws < 0:
+        raise ValueError(f"null_draws: got {null_draws!r}, expected a non-negative integer")
+    width = positive_int("width", width)
+    torch.manual_seed(seed)
+    model = models.resnet18(split.n_classes, split.x_train.shape[1], width, head=(8 * width,))
+    model = model.to(split.x_train.device)
+    x, y = split.x_train[:measure], split.y_train[:measure]
+
+    def six(model: nn.Module) -> dict[str, dict[str, float]]:
+        return {name: crh_alignments(head_statistics(model, x, y, layer)) for name, layer in HEAD_LAYERS.items()}
+
+    result = training.train_epochs(model, split, batch=batch, lr=lr, wd=wd, epochs=epochs, momentum=momentum,
+                                   augment=augment, seed=seed, autocast=autocast, record_every=record_every,
+                                   record=lambda current: {"alignments": six(current)})
+    final, centred, largest = {}, {}, {}
+    for name, layer in HEAD_LAYERS.items():
+        stats = head_statistics(model, x, y, layer)
+        final[name], centred[name] = crh_alignments(stats), crh_alignments(stats, "centred")
+        if null_draws:
+            largest[name] = max(float(v.max()) for kind in NULL_KINDS
+                                for v in null_alignments(stats, kind, null_draws, seed).values())
+    accuracy = training.batched_accuracy(model, split.x_test, split.y_test)
+    return ResNetAlignmentRun(result.history, final, centred, largest, accuracy, result.steps, result.seconds)

@@ -1,4 +1,5 @@
-"""Seconds per training epoch of the papers' image networks on one device: what a chapter's ``full``
+"""Seconds per training epoch of the papers' image networks on one device (ResNet-18: the collapse
+and canonical chapters and rank; VGG-16 and the MLP: rank; CONV-L-H: sparse bounds): what a chapter's ``full``
 profile costs per epoch, so that its whole run can be estimated before booking a GPU.
 
     python benchmarks/epochs.py --device cuda [--images 50000] [--batch 128] [--repeats 2]
@@ -14,7 +15,7 @@ import argparse
 
 import torch
 
-from theorylab import data, models, training
+from theorylab import bounds, data, models, training
 
 
 def seconds_per_epoch(build, shape, *, images: int, batch: int, device: torch.device,
@@ -24,7 +25,8 @@ def seconds_per_epoch(build, shape, *, images: int, batch: int, device: torch.de
     y = torch.randint(0, 10, (images,), generator=generator).to(device)
     split = data.Split(x, y, x[:batch], y[:batch])
     model = build().to(device)
-    training.train_epochs(model, split, batch=batch, lr=0.01, wd=5e-4, epochs=1, autocast=autocast)
+    training.train_epochs(model, split, batch=batch, lr=0.01, wd=5e-4, epochs=1, augment=True,
+                          autocast=autocast)
     times = []
     for _ in range(repeats):
         result = training.train_epochs(model, split, batch=batch, lr=0.01, wd=5e-4, epochs=1,
@@ -46,6 +48,7 @@ def main() -> None:
         "ResNet-18 (CIFAR)": (lambda: models.resnet18(10, 3, args.width), (3, 32, 32)),
         "VGG-16 (CIFAR)": (lambda: models.vgg16(10, 3, args.width), (3, 32, 32)),
         "MLP-BN-WN 10x100 (CIFAR)": (lambda: models.mlp_bn_wn(3072, 10, 100, 10), (3, 32, 32)),
+        "CONV-8-128 (CIFAR)": (lambda: bounds.conv_lh(8, 2 * args.width, 32, 3, 10), (3, 32, 32)),
     }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}); {args.images} images per epoch, batch {args.batch}, "

@@ -592,12 +592,22 @@ def test_public_images_standardises_per_channel_with_training_statistics(tmp_pat
     assert torch.allclose(channel_mean, torch.zeros(3), atol=1e-5)
     assert torch.allclose(channel_std, torch.ones(3, dtype=torch.float64), atol=1e-5)
     assert split.x_train.dtype == torch.float32 and split.y_train.dtype == torch.int64
+    # the test images are standardised with the training statistics, not their own
+    raw_train, _, raw_test, _ = data_module.read_public_set("cifar100", tmp_path / "cifar-100-python")
+    mean = raw_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = raw_train.std(axis=(0, 2, 3), dtype=np.float64)
+    expected = (raw_test[:, 1] - mean[1]) / std[1]
+    assert np.allclose(split.x_test[:, 1].numpy(), expected, atol=1e-5)
 
 
-def test_smoke_writes_stand_ins_outside_the_cache_and_cleans_up(tmp_path):
+def test_smoke_writes_stand_ins_outside_the_cache_and_cleans_up(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
     split = data_module.public_images("mnist", smoke=True, root=tmp_path / "cache", smoke_sizes=(30, 12))
     assert split.x_train.shape == (30, 1, 28, 28) and split.x_test.shape == (12, 1, 28, 28)
-    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "cache").exists() and not any((tmp_path / "scratch").iterdir())
 
 
 def test_gzip_members_of_mnist_are_unpacked_on_download(tmp_path, monkeypatch):

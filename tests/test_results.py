@@ -13,14 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "contract-design"
 
 
-def _fake_run(folder: Path, monkeypatch, seed=0, value=1.0, profile="full", status="ok", check="hm_recovery"):
+def _fake_run(folder: Path, monkeypatch, seed=0, value=1.0, profile="full", status="ok", check="hm_recovery",
+              **knobs):
     """A run folder as `theorylab run` leaves it: metrics.json written by Config.record, status.json."""
     folder.mkdir(parents=True)
     monkeypatch.delenv(baselines.COMPARE_ENV, raising=False)  # made-up numbers, not the page's
     monkeypatch.setenv(runtime.RUN_DIR_ENV, str(folder))
     monkeypatch.setenv(runtime.COMMAND_ENV, f"theorylab run {CHAPTER} --profile {profile}")
-    config = runtime.configure(profile, "cpu", seed, chapter=CHAPTER, smoke=profile == "full")
-    config.record(check, worst_single_task=value, curve=[value, 2 * value])
+    config = runtime.configure(profile, "cpu", seed, chapter=CHAPTER, smoke=profile == "full", **knobs)
+    config.record(check, worst_single_task=value, worst_multitask=value / 10, curve=[value, 2 * value])
     failure = "" if status == "ok" else "cell In [9] (`assert x`): AssertionError: x"
     (folder / "status.json").write_text(json.dumps({"chapter": CHAPTER, "status": status, "failure": failure}))
     monkeypatch.delenv(runtime.RUN_DIR_ENV)
@@ -61,10 +62,17 @@ def test_publish_a_sweep_aggregates_seeds_and_keeps_failures_visible(tmp_path, m
                   status="FAILED" if seed == 2 else "ok")
     document = results.collect(tmp_path / "sweep")
     entry = document["metrics"]["hm_recovery.curve[1]"]
-    assert entry["n"] == 3 and entry["mean"] == pytest.approx(np.mean([2, 6, 16]))
-    assert entry["std"] == pytest.approx(np.std([2, 6, 16], ddof=1))
+    assert entry["n"] == 2 and entry["mean"] == pytest.approx(np.mean([2, 6]))  # the failed run left out
+    assert entry["std"] == pytest.approx(np.std([2, 6], ddof=1))
     assert document["status"] == "FAILED" and "AssertionError" in document["failures"][0]
     assert document["seeds"] == [0, 1, 2]
+
+
+def test_runs_at_two_parameter_points_are_not_averaged_together(tmp_path, monkeypatch):
+    _fake_run(tmp_path / "sweep" / "a" / "run", monkeypatch, 0, 1.0)
+    _fake_run(tmp_path / "sweep" / "b" / "run", monkeypatch, 0, 2.0, n_starts=3)
+    with pytest.raises(ValueError, match="runs at 2 parameter points"):
+        results.collect(tmp_path / "sweep")
 
 
 def test_ci_runs_and_empty_folders_are_not_published(tmp_path, monkeypatch):
@@ -104,7 +112,7 @@ def test_stale_when_the_chapter_changes_after_the_run(tmp_path, monkeypatch, boo
 
 def test_box_shows_ci_beside_full_with_provenance_and_flags(tmp_path, monkeypatch, book):
     assert "Not yet run at full scale" in chapters.full_profile_text(CHAPTER, root=book)
-    _fake_run(tmp_path / "run", monkeypatch, value=0.5, check="cg")
+    _fake_run(tmp_path / "run", monkeypatch, value=0.5)
     document = results.collect(tmp_path / "run")
     document["provenance"]["source_hash"] = cli.source_hash(book, book / "chapters" / f"{CHAPTER}.md")
     target = results.path(book, CHAPTER)
@@ -113,12 +121,11 @@ def test_box_shows_ci_beside_full_with_provenance_and_flags(tmp_path, monkeypatc
     text = chapters.full_profile_text(CHAPTER, root=book)
     assert "1 seed(s) on" in text and "| number | ci (this page) | full |" in text
     assert "toy sizes" in text and "stale" not in text  # a smoke run says so
-    baseline = json.loads((book / "chapters" / "baselines" / f"{CHAPTER}.json").read_text())["metrics"]
-    first = next(leaf for leaf in document["metrics"])
-    row = next(line for line in text.splitlines() if line.startswith(f"| `{first}`"))
-    assert f"{document['metrics'][first]['mean']:.3g}" in row
-    if first in baseline:
-        assert f"{baseline[first]['value']:.3g}" in row
+    leaf = "hm_recovery.worst_multitask"  # a headline number of the chapter
+    assert leaf in chapters.chapter(CHAPTER).headline
+    baseline = json.loads((book / "chapters" / "baselines" / f"{CHAPTER}.json").read_text())["metrics"][leaf]
+    row = next(line for line in text.splitlines() if line.startswith(f"| `{leaf}`"))
+    assert row == f"| `{leaf}` | {baseline['value']:.3g} ± {baseline['spread']:.2g} | 0.05 |"
     (book / "chapters" / f"{CHAPTER}.md").write_text("changed")
     assert "**stale**" in chapters.full_profile_text(CHAPTER, root=book)
 

@@ -186,3 +186,19 @@ def test_median_seconds_times_the_calls_not_the_warm_up():
         time.sleep(0.05 if len(calls) == 1 else 0.001)
 
     assert runtime.median_seconds(work, repeats=3) < 0.04 and len(calls) == 4
+
+
+def test_a_full_run_without_its_data_stops_in_configure_naming_the_set(tmp_path, monkeypatch):
+    import urllib.request
+
+    from theorylab import data
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(data.DatasetUnavailable, match="MNIST is not in"):
+        runtime.configure("full", "cpu", 0, chapter="sparse-network-bounds")
+    runtime.configure("full", "cpu", 0, chapter="sparse-network-bounds", smoke=True)  # stand-ins: no data needed
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]  # nothing half-downloaded left

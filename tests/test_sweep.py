@@ -5,7 +5,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -25,7 +24,9 @@ def test_plan_is_the_product_of_chapters_seeds_and_parameter_values(tmp_path):
     assert len(contract) == 4 and {j.params for j in contract} == {(("n_starts", "2"),), (("n_starts", "3"),)}
     assert len(rank) == 2 and {j.params for j in rank} == {(("steps", "100"),)}
     assert len({j.name for j in jobs}) == len(jobs)
-    assert jobs[0].command()[-2:] == ["-p", "n_starts"] or "--resume" in jobs[0].command()
+    command = contract[0].command()
+    assert command[command.index("run") + 1] == "contract-design" and "--resume" in command
+    assert command[-3:] == ["-p", "n_starts", contract[0].params[0][1]]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -87,7 +88,6 @@ def test_local_executor_gives_each_job_one_gpu_of_the_list(tmp_path):
 
 def test_sweep_of_two_real_ci_chapters_two_at_a_time(tmp_path, capsys):
     out = tmp_path / "sweep"
-    start = time.time()
     status = cli.main(["sweep", "contract-design", "decision-tree-language-models", "--profile", "ci",
                        "--seeds", "0", "--executor", "local", "--jobs", "2", "--out", str(out)])
     printed = capsys.readouterr().out
@@ -101,7 +101,6 @@ def test_sweep_of_two_real_ci_chapters_two_at_a_time(tmp_path, capsys):
         assert json.loads((run / "status.json").read_text())["status"] == "ok"
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["provenance"]["command"].startswith(f"theorylab run {job['chapter']} --profile ci")
-    del start
 
 
 def test_a_failing_job_makes_the_sweep_exit_1_naming_it_and_its_log(tmp_path, capsys, monkeypatch):
@@ -163,3 +162,11 @@ def test_sweep_help_lists_the_executor_options():
     done = subprocess.run([sys.executable, "-m", "theorylab.cli", "sweep", "--help"], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 0 and "--executor" in done.stdout and "--gpus" in done.stdout
+
+
+def test_a_local_sweep_on_a_gpu_machine_must_say_which_gpus(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    status = cli.main(["sweep", "contract-design", "--profile", "full", "--out", str(tmp_path)])
+    assert status == 2 and "pass --gpus" in capsys.readouterr().err

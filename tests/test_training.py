@@ -435,22 +435,35 @@ def test_each_epoch_visits_every_sample_once():
     assert torch.equal(visits, torch.full((10,), 2.0))
 
 
-def test_random_crop_flip_is_the_identity_or_a_mirror_without_padding():
-    images = torch.randn(16, 3, 8, 8)
-    out = training.random_crop_flip(images, torch.Generator().manual_seed(0), padding=0)
-    for before, after in zip(images, out, strict=True):
-        assert torch.equal(after, before) or torch.equal(after, before.flip(2))
+def test_random_crop_flip_is_a_shift_of_the_padded_image_possibly_mirrored_by_brute_force():
+    padding = 2
+    images = torch.randn(40, 2, 5, 6)
+    out = training.random_crop_flip(images, torch.Generator().manual_seed(0), padding=padding)
+    padded = nn.functional.pad(images, (padding,) * 4)
+    seen_offsets, seen_flips = set(), set()
+    for k in range(len(images)):
+        matches = [(dy, dx, flip) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+                   for flip in (False, True)
+                   if torch.equal(out[k], (lambda c: c.flip(2) if flip else c)(padded[k, :, dy:dy + 5, dx:dx + 6]))]
+        assert matches, f"image {k} is no shifted crop of its padded self"
+        seen_offsets |= {m[:2] for m in matches}
+        seen_flips |= {m[2] for m in matches}
+    assert len(seen_offsets) > 5 and seen_flips == {False, True}  # it does move and mirror
 
 
-def test_random_crop_flip_shifts_by_at_most_the_padding():
-    image = torch.zeros(1, 1, 6, 6)
-    image[0, 0, 2, 3] = 1.0
-    for seed in range(20):
-        out = training.random_crop_flip(image, torch.Generator().manual_seed(seed), padding=2)
-        assert out.shape == image.shape and out.sum() <= 1
-        if out.sum() == 1:
-            row, col = (out[0, 0] == 1).nonzero()[0].tolist()
-            assert abs(row - 2) <= 2 and (abs(col - 3) <= 2 or abs(col - (5 - 3)) <= 2)
+def test_batches_cover_each_index_once_and_never_leave_a_batch_of_one():
+    for n in range(1, 40):
+        for batch in range(1, 12):
+            bounds = training.batch_bounds(n, batch)
+            assert [i for a, b in bounds for i in range(a, b)] == list(range(n))
+            assert all(b - a <= batch + 1 for a, b in bounds)
+            assert n == 1 or all(b - a >= 2 for a, b in bounds) or batch == 1
+
+
+def test_batch_norm_network_trains_when_the_last_batch_would_hold_one_sample():
+    split = Split(torch.randn(9, 4), torch.randint(0, 2, (9,)), torch.randn(3, 4), torch.randint(0, 2, (3,)))
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    assert training.train_epochs(model, split, batch=4, lr=0.1, wd=0.0, epochs=1).steps == 2
 
 
 def test_batched_accuracy_matches_one_pass():

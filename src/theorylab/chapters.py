@@ -403,7 +403,7 @@ def full_profile_text(name: str, root: Any = None) -> str:
         "",
         f"**Time.** About {spec.full_minutes:g} minutes on {where} ({kind}).", "",
         f"**Commands.** `theorylab run {name} --profile full --device {device}`; before a long run, "
-        f"`theorylab run {name} --profile full --smoke` runs the same code path at toy sizes in "
+        f"`theorylab run {name} --profile full --smoke --device cpu` runs the same code path at toy sizes in "
         "seconds on a CPU.", "", *results_lines(name, root), ":::"])
 
 

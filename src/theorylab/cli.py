@@ -216,6 +216,12 @@ def command_sweep(args: argparse.Namespace) -> int:
         jobs = sweep.plan(args.chapter, profile=args.profile, seeds=args.seeds, grid=args.param or [],
                           device=args.device, smoke=args.smoke, out=args.out)
         gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
+        if args.executor == "local" and not gpus and args.device != "cpu":
+            import torch
+
+            if torch.cuda.is_available():  # submitit hides every GPU from a job not given one
+                raise ValueError("CUDA is visible here but submitit's local jobs see no GPU unless given one: "
+                                 "pass --gpus 0,1,... (one per running job) or --device cpu")
         if args.executor == "slurm":
             executor = sweep.slurm_executor(Path(args.out) / "submitit", partition=args.partition,
                                             time_min=args.time, gpus_per_job=args.gpus_per_job,

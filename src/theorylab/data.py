@@ -411,8 +411,10 @@ def ensure_public_set(name: str, root: Path | None = None, download: bool = True
     Raises :class:`DatasetUnavailable`, naming the set, the folder and how to place the files by
     hand, when the files are absent and ``download`` is off or the network is unreachable."""
     import gzip
+    import http.client
     import shutil
     import tarfile
+    import tempfile
     import urllib.request
 
     spec = public_set(name)
@@ -421,27 +423,37 @@ def ensure_public_set(name: str, root: Path | None = None, download: bool = True
         return root / spec.folder
     if not download:
         raise _unavailable(spec, root, "downloads are off")
-    (root / spec.folder).mkdir(parents=True, exist_ok=True)
-    for url, md5 in spec.urls:
-        target = root / url.rsplit("/", 1)[1]
-        if not (target.exists() and _md5(target) == md5):
-            partial = target.with_name(target.name + ".partial")
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
-                    shutil.copyfileobj(response, out)
-            except OSError as error:
-                partial.unlink(missing_ok=True)
-                raise _unavailable(spec, root, f"{url}: {error}") from None
-            if _md5(partial) != md5:
-                partial.unlink()
-                raise _unavailable(spec, root, f"{url}: checksum mismatch")
-            partial.replace(target)
-        if target.name.endswith(".tar.gz"):
-            with tarfile.open(target) as archive:
-                archive.extractall(root, filter="data")
-        else:  # MNIST: one gzip per file
-            with gzip.open(target) as packed, (root / spec.folder / target.name[:-3]).open("wb") as out:
-                shutil.copyfileobj(packed, out)
+    root.mkdir(parents=True, exist_ok=True)
+    # Everything is written under a private scratch folder and moved into place at the end, so that an
+    # interrupted download or extraction never leaves files that look complete, and two runs that
+    # start on an empty cache at once (a sweep's seeds) do not write into each other's files.
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as scratch_name:
+        scratch = Path(scratch_name)
+        for url, md5 in spec.urls:
+            archive = root / url.rsplit("/", 1)[1]
+            if not (archive.exists() and _md5(archive) == md5):
+                fetched = scratch / archive.name
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as response, fetched.open("wb") as out:
+                        shutil.copyfileobj(response, out)
+                except (OSError, http.client.HTTPException) as error:
+                    raise _unavailable(spec, root, f"{url}: {error}") from None
+                if _md5(fetched) != md5:
+                    raise _unavailable(spec, root, f"{url}: checksum mismatch")
+                fetched.replace(archive)  # verified: kept, so a failed extraction need not download again
+            if archive.name.endswith(".tar.gz"):
+                with tarfile.open(archive) as packed:
+                    packed.extractall(scratch / "extracted", filter="data")
+            else:  # MNIST: one gzip per file
+                target = scratch / "extracted" / spec.folder / archive.name[:-3]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with gzip.open(archive) as packed, target.open("wb") as out:
+                    shutil.copyfileobj(packed, out)
+        final = root / spec.folder
+        if not is_cached(name, root):  # another run may have finished first
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(final, ignore_errors=True)
+            (scratch / "extracted" / spec.folder).replace(final)
     return root / spec.folder
 
 

@@ -79,8 +79,14 @@ def collect(run_dir: str | Path, chapter: str | None = None) -> dict[str, Any]:
         raise ValueError(f"{run_dir}: runs of several chapters {sorted(chapters)}; publish one chapter at a time")
     if any(metrics["profile"] != "full" for _, metrics in runs):
         raise ValueError(f"{run_dir}: only full-profile runs are published (the ci numbers are the page's own)")
+    points = {json.dumps(metrics["params"], sort_keys=True) for _, metrics in runs}
+    if len(points) > 1:
+        raise ValueError(f"{run_dir}: runs at {len(points)} parameter points; a result averages seeds of one "
+                         "point: publish the folder of one point")
     values: dict[str, list[float]] = {}
-    for _, metrics in runs:
+    for status, metrics in runs:
+        if status["status"] != "ok":
+            continue  # a failed run's numbers stay out of the means; its failure is listed
         for leaf, value in numeric_leaves(metrics["checks"]).items():
             values.setdefault(leaf, []).append(value)
     summary = {}
@@ -92,7 +98,8 @@ def collect(run_dir: str | Path, chapter: str | None = None) -> dict[str, Any]:
     first = runs[0][1]
     failures = [status["failure"] for status, _ in runs if status["status"] != "ok"]
     provenance = {**first.get("provenance", {}), "device": first.get("device"),
-                  "device_name": first.get("device_name"), "torch_threads": first.get("torch_threads")}
+                  "device_name": first.get("device_name"), "torch_threads": first.get("torch_threads"),
+                  "wall_seconds": sum(m.get("provenance", {}).get("wall_seconds", 0.0) for _, m in runs)}
     document = {"schema": SCHEMA_VERSION, "chapter": chapters.pop(), "profile": "full",
                 "smoke": any(metrics.get("smoke", False) for _, metrics in runs),
                 "seeds": sorted(metrics["seed"] for _, metrics in runs), "params": first["params"],

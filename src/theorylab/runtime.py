@@ -109,6 +109,7 @@ class Config:
     smoke: bool = False
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    started_utc: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     provenance: dict[str, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -136,7 +137,7 @@ class Config:
         if self.run_dir is not None:
             path = self.run_dir / "metrics.json"
             if self.provenance is None:
-                self.provenance = provenance(self.chapter)
+                self.provenance = {**provenance(self.chapter), "started_utc": self.started_utc}
             provenance_now = {**self.provenance, "wall_seconds": round(time.monotonic() - self.started, 1)}
             path.write_text(json.dumps({"chapter": self.chapter, "profile": self.profile,
                                         "smoke": self.smoke, "seed": self.seed, **self.hardware(),
@@ -212,7 +213,8 @@ COMMAND_ENV = "THEORYLAB_COMMAND"
 def provenance(chapter_name: str) -> dict[str, Any]:
     """Where a run's numbers come from: the book's commit (and whether the tree had uncommitted
     changes), the chapter's source hash, Python and package versions, the CPU and its core count, the
-    command and the start time (UTC). Wall time is added when metrics are written."""
+    command and the time of this call (UTC; a run's ``metrics.json`` gives the time its configuration
+    was made). Wall time is added when metrics are written."""
     import importlib.metadata
     import platform
     import subprocess
@@ -277,7 +279,9 @@ def seed_everything(seed: int) -> None:
 
 def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapter: str,
               smoke: bool = False, threads: int | None | str = "auto", **overrides: Any) -> Config:
-    """Validate a chapter's parameters, then seed, pick the device and set torch's threads.
+    """Validate a chapter's parameters, then seed, pick the device and set torch's threads. A ``full``
+    run (not ``--smoke``) fetches the chapter's public data sets here, so that a machine without them
+    and without network stops before any work, with :class:`theorylab.data.DatasetUnavailable`.
 
     ``threads="auto"`` (the default) pins torch's intra-op pool and NumPy's BLAS to one thread in the
     ``ci`` profile and under ``--smoke``, and leaves both libraries their defaults (every core) in a
@@ -297,11 +301,15 @@ def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapt
             raise ValueError(f"threads: got {threads!r}, expected 'auto', a positive integer or None")
         torch.set_num_threads(threads)
         threadpool_limits(threads)
+    from . import chapters as table
+    from .data import ensure_public_set
+
+    if values["profile"] == "full" and not values["smoke"]:
+        for name in table.chapter(chapter).datasets:  # download now, or stop before any work
+            ensure_public_set(name)
     seed_everything(values["seed"])
     if values["device"].startswith("cuda"):
         # TF32 products (10-bit mantissa) only where the chapter table says the numerics allow them
-        from . import chapters as table
-
         allow = table.chapter(chapter).tf32
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow

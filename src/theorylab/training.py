@@ -178,17 +178,39 @@ class EpochResult:
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """The CIFAR augmentation: zero-pad by ``padding``, crop back at a random offset, flip half the
     images left-right (one offset and one coin per image), on the images' device."""
-    n, _, height, width = images.shape
+    offsets, flips = _crop_flip_draws(len(images), generator, padding, images.device)
+    return crop_flip(images, offsets, flips, padding)
+
+
+def _crop_flip_draws(n: int, generator: torch.Generator, padding: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets ``(n, 2)`` in ``0..2*padding`` and coins ``(n,)``, drawn on the host, moved in one copy each."""
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return offsets.to(device, non_blocking=True), flips.to(device, non_blocking=True)
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop ``images`` zero-padded by ``padding`` at ``offsets[k] = (dy, dx)`` and mirror those with
+    ``flips[k]``: ``out[k, c, i, j] = pad(x)[k, c, i + dy_k, j + dx_k]``, then ``j -> W - 1 - j``."""
+    n, channels, height, width = images.shape
     padded = nn.functional.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
-    rows = (dy[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
+    rows = (offsets[:, 0, None] + torch.arange(height, device=images.device))[:, None, :, None]
+    cols = (offsets[:, 1, None] + torch.arange(width, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    channel = torch.arange(channels, device=images.device)[None, :, None, None]
     out = padded[batch, channel, rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+
+def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each batch of an epoch over ``n`` samples: batches of ``batch``, the last
+    smaller one kept, except that a last batch of one sample joins the one before (batch norm cannot
+    normalise a single sample)."""
+    bounds = [(first, min(first + batch, n)) for first in range(0, n, batch)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, epochs: int,
@@ -197,7 +219,7 @@ def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: fl
                  autocast: torch.dtype | None = None, record_every: int = 0,
                  record: Callable[[nn.Module], dict[str, Any]] | None = None) -> EpochResult:
     r"""SGD by epochs, the papers' protocol: each epoch visits a fresh permutation of the training set
-    in batches of ``batch`` (the last, smaller one kept), with PyTorch's ``SGD(lr, momentum,
+    in batches of ``batch`` (:func:`batch_bounds`: the last, smaller one kept), with PyTorch's ``SGD(lr, momentum,
     weight_decay=wd)`` and the step schedule :math:`\mu_e = \mu\,\gamma^{|\{m \in \mathrm{milestones}:
     m \le e\}|}` (``MultiStepLR``). Runs where ``data`` and ``model`` live (move both to the device
     first); ``autocast`` (``torch.bfloat16``) runs the forward pass in reduced precision on CUDA.
@@ -220,12 +242,14 @@ def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: fl
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
+        if augment:  # one epoch's draws, one copy to the device (not three blocking copies per batch)
+            offsets, flips = _crop_flip_draws(n, generator, 4, device)
         total, rate = torch.zeros((), device=device), optimizer.param_groups[0]["lr"]
-        for first in range(0, n, batch):
-            index = order[first:first + batch]
+        for first, stop in batch_bounds(n, batch):
+            index = order[first:stop]
             inputs, labels = data.x_train[index], data.y_train[index]
             if augment:
-                inputs = random_crop_flip(inputs, generator)
+                inputs = crop_flip(inputs, offsets[first:stop], flips[first:stop], 4)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 outputs = model(inputs)
             outputs = outputs.float()

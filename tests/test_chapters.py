@@ -107,7 +107,8 @@ def test_full_profile_box_says_what_runs_where_how_long_and_how(name):
     device = "cuda" if spec.gpu else "cpu"
     assert text.startswith(":::{admonition}") and text.endswith(":::")
     assert f"theorylab run {name} --profile full --device {device}" in text and "--smoke" in text
-    assert f"About {spec.full_minutes:g} minutes" in text
+    minutes = spec.full_minutes
+    assert (f"About {minutes:g} minutes" if minutes < 120 else f"About {minutes / 60:.2g} hours") in text
     assert ("(measured)" in text) == spec.full_measured and ("an estimate" in text) != spec.full_measured
     for key in spec.datasets:
         assert data.public_set(key).title in text

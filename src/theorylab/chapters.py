@@ -265,8 +265,8 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "and the CIFAR-100 few-shot episodes are computed there, and moments and bounds leave for NumPy "
             "once per feature map; the kernel NC1 and the Gaussian studies stay on the host",
         ci_seconds=70,
-        full_minutes=30,
-        full_note="a ResNet-18 trained 100 epochs on 80 CIFAR-100 classes (about 15 min of the 30), few-shot "
+        full_minutes=20,
+        full_note="a ResNet-18 trained 100 epochs on 80 CIFAR-100 classes (about 5 of the minutes), few-shot "
                   "transfer to the 20 held-out classes at m = 1 to 500; 400 source classes, 5x longer training, "
                   "1000 episodes, 10x longer contrastive runs, 1024-point kernels",
         headline=("transfer.results.100.error", "transfer.results.100.T1", "transfer.results.100.target CDNV",
@@ -313,9 +313,9 @@ CHAPTERS: dict[str, ChapterSpec] = {
         gpu="every network trains on the device, ResNet-18 on CIFAR-10 in full; alignments are measured on "
             "the device and leave for NumPy once per measurement",
         ci_seconds=85,
-        full_minutes=380,
+        full_minutes=240,
         full_note="ResNet-18 (width 64, head 512-512-10) on CIFAR-10 for 100 epochs at nine weight-decay, rate "
-                  "and batch settings over 3 seeds (about 6 of the hours), plus five times longer digits training, "
+                  "and batch settings over 3 seeds (about 3.5 of the hours), plus five times longer digits training, "
                   "the tanh sweep, convolutional networks on 32x32 class images, a 4-block width-256 transformer, "
                   "100 null draws, 1,000 bootstraps",
         headline=("weight_decay_sharpens.mean_top", "weight_decay_sharpens.mean_zero",
@@ -394,17 +394,24 @@ def full_profile_text(name: str, root: Any = None) -> str:
     gpu = spec.gpu if spec.gpu else f"none; it runs on the CPU because {spec.cpu_reason}"
     device = "cuda" if spec.gpu else "cpu"
     where = "one GPU" if spec.gpu else "the CPU, every core"
-    kind = "measured" if spec.full_measured else "an estimate, not yet measured"
+    kind = ("measured" if spec.full_measured else
+            "an estimate scaled from its networks' seconds per epoch, measured on an NVIDIA H200 by "
+            "`scripts/gpu-check`; the whole run not yet timed" if spec.datasets else "an estimate, not yet measured")
     return "\n".join([
         ":::{admonition} The `full` profile", ":class: tip",
         f"**What it runs.** {spec.full_note[:1].upper()}{spec.full_note[1:]}.", "",
         f"**Data.** {data}", "",
         f"**The GPU.** {gpu[:1].upper()}{gpu[1:]}." + (f" Precision: {spec.precision}." if spec.gpu else ""),
         "",
-        f"**Time.** About {spec.full_minutes:g} minutes on {where} ({kind}).", "",
+        f"**Time.** About {_duration(spec.full_minutes)} on {where} ({kind}).", "",
         f"**Commands.** `theorylab run {name} --profile full --device {device}`; before a long run, "
         f"`theorylab run {name} --profile full --smoke --device cpu` runs the same code path at toy sizes in "
         "seconds on a CPU.", "", *results_lines(name, root), ":::"])
+
+
+def _duration(minutes: float) -> str:
+    """``45 minutes``, ``2.5 hours``: hours from two hours up."""
+    return f"{minutes:g} minutes" if minutes < 120 else f"{minutes / 60:.2g} hours"
 
 
 def _number(entry: dict | None, center: str, spread: str) -> str:

@@ -80,9 +80,10 @@ def vgg16(n_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Sequ
 
 
 def mlp_bn_wn(input_dim: int, n_classes: int = 10, width: int = 100, depth: int = 10) -> nn.Sequential:
-    r"""The rank paper's MLP: ``depth`` linear layers, each hidden one weight-normalised
-    (:math:`W = g\,V/\lVert V\rVert` row-wise, PyTorch's ``weight_norm``) and followed by batch norm and
-    ReLU; input flattened; the last layer a plain linear read-out."""
+    r"""An MLP with weight and batch normalisation after the rank paper's: ``depth`` linear layers, each
+    hidden one weight-normalised (:math:`W = g\,V/\lVert V\rVert` row-wise, PyTorch's ``weight_norm``)
+    and followed by batch norm and ReLU; input flattened; the last layer a plain linear read-out. (The
+    paper's public ``mlp_wn`` normalises each matrix as a whole, has no batch norm and uses leaky ReLU.)"""
     input_dim, n_classes, width, depth = (positive_int(k, v) for k, v in (
         ("input_dim", input_dim), ("n_classes", n_classes), ("width", width), ("depth", depth)))
     if depth < 2:

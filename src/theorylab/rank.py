@@ -472,6 +472,13 @@ def on_device(split, device):
 
 # --- the convolution operator ------------------------------------------------------------------------------------
 
+OPERATOR_MIN_MAP = 8
+"""Smallest map side on which :func:`layer_ranks` reports the circular operator's rank. The layers pad
+with zeros; the circular operator differs from theirs in every row that touches the border, which on a
+4x4 map is 12 of 16 positions and on a 2x2 map all of them (for a random 8->8 3x3 kernel at 2x2 the
+largest singular values differ by about 40%), so there the stand-in says nothing about the layer."""
+
+
 def conv_operator_singular_values(weight, input_size: Sequence[int]) -> np.ndarray:
     r"""Singular values of a stride-1 convolution with circular padding, as the linear map
     :math:`\mathbb R^{C_{\rm in}HW}\to\mathbb R^{C_{\rm out}HW}` on :math:`H\times W` inputs (sorted, float64).
@@ -481,8 +488,9 @@ def conv_operator_singular_values(weight, input_size: Sequence[int]) -> np.ndarr
     :math:`P(u,v)=\sum_{p,q}K_{:,:,p,q}\,e^{-2\pi i(pu/H+qv/W)}`, the 2-d DFT of the kernel zero-filled (or,
     for a kernel larger than the input, wrapped) to :math:`H\times W`. The offset of the padding and
     correlation against convolution change :math:`P` only by phases and a reflection of the frequencies,
-    so not the singular values. For zero padding (the networks' layers) this is the circular layer's
-    spectrum, an approximation whose error is confined to the border."""
+    so not the singular values. For zero padding (the networks' layers) this is only a stand-in: the
+    operators differ in every row that touches the border, which dominates on small maps (see
+    :data:`OPERATOR_MIN_MAP`)."""
     kernel = torch.as_tensor(weight).detach().cpu().to(torch.float64)
     if kernel.ndim != 4:
         raise ValueError(f"weight: expected a 4-d convolution kernel, got shape {tuple(kernel.shape)}")
@@ -563,8 +571,9 @@ def layer_ranks(model: torch.nn.Module, eps: float = 1e-3, conv_inputs_of: dict 
     :math:`g\,V/\|V\|`), one row: ``name``, ``kind``, ``shape`` of the matrix (kernels reshaped to
     :math:`C_{\rm out}\times C_{\rm in}k^2`), ``full`` = its smaller side, ``rank`` = the count rank at
     ``eps`` (:math:`\#\{i:\sigma_i>\varepsilon\|W\|_F\}`, the paper's code at 1e-3) and ``stable rank``.
-    With ``conv_inputs_of`` (from :func:`conv_inputs`) a stride-1 convolution also gets ``operator rank``
-    (:func:`conv_operator_rank`) and ``operator full`` = :math:`HW\min(C_{\rm in},C_{\rm out})`.
+    With ``conv_inputs_of`` (from :func:`conv_inputs`) a stride-1 convolution on maps of at least
+    :data:`OPERATOR_MIN_MAP` pixels a side also gets ``operator rank`` (:func:`conv_operator_rank`) and
+    ``operator full`` = :math:`HW\min(C_{\rm in},C_{\rm out})`.
     The weights are copied to the host once, then measured in float64; a matrix with a non-finite entry
     (a diverged run) gets NaN ranks."""
     named = [(n, m.weight.detach()) for n, m in model.named_modules()
@@ -582,7 +591,7 @@ def layer_ranks(model: torch.nn.Module, eps: float = 1e-3, conv_inputs_of: dict 
         row["rank"] = int(np.count_nonzero(s > _check_eps(eps) * np.sqrt(np.sum(s ** 2))))
         row["stable rank"] = float(np.sum(s ** 2) / s[0] ** 2)
         where = (conv_inputs_of or {}).get(name)
-        if where is not None and where["stride"] == (1, 1):
+        if where is not None and where["stride"] == (1, 1) and min(where["input_size"]) >= OPERATOR_MIN_MAP:
             row["operator rank"] = conv_operator_rank(w, where["input_size"], eps)
             row["operator full"] = int(np.prod(where["input_size"]) * min(w.shape[:2]))
     return rows
@@ -615,11 +624,15 @@ class PaperRun:
     history: list[dict]
 
     def summary(self) -> dict:
-        """The run's setting with its accuracies and mean ranks (absolute and relative)."""
-        return {"network": self.network, "batch": self.batch, "lr": self.lr, "wd": self.wd, "epochs": self.epochs,
-                "steps": self.steps, "test accuracy": self.test_accuracy, "train accuracy": self.train_accuracy,
-                "mean rank": mean_rank(self.layers), "mean relative rank": mean_rank(self.layers, relative=True),
-                "mean operator rank": mean_rank(self.layers, "operator rank", relative=True)}
+        """The run's setting with its accuracies and mean ranks (absolute and relative; the operator's only
+        where some convolution has one, so that no always-NaN number reaches ``metrics.json``)."""
+        summary = {"network": self.network, "batch": self.batch, "lr": self.lr, "wd": self.wd,
+                   "epochs": self.epochs, "steps": self.steps, "test accuracy": self.test_accuracy,
+                   "train accuracy": self.train_accuracy, "mean rank": mean_rank(self.layers),
+                   "mean relative rank": mean_rank(self.layers, relative=True)}
+        if any("operator rank" in row for row in self.layers):
+            summary["mean operator rank"] = mean_rank(self.layers, "operator rank", relative=True)
+        return summary
 
 
 def train_paper_network(name: str, split, *, width: int, batch: int, lr: float, wd: float, epochs: int,

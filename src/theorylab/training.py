@@ -215,7 +215,7 @@ def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
 
 def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: float, epochs: int,
                  milestones: Sequence[int] = (), gamma: float = 0.2, momentum: float = 0.0,
-                 loss: str = "cross_entropy", augment: bool = False, seed: int = 0,
+                 loss: str = "cross_entropy", augment: bool = False, seed: int = 0,  # or "squared", "mse"
                  autocast: torch.dtype | None = None, record_every: int = 0,
                  record: Callable[[nn.Module], dict[str, Any]] | None = None) -> EpochResult:
     r"""SGD by epochs, the papers' protocol: each epoch visits a fresh permutation of the training set
@@ -231,8 +231,9 @@ def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: fl
     if lr <= 0 or wd < 0 or not 0 <= momentum < 1 or not 0 < gamma <= 1:
         raise ValueError(f"need lr > 0, wd >= 0, 0 <= momentum < 1, 0 < gamma <= 1; "
                          f"got lr={lr}, wd={wd}, momentum={momentum}, gamma={gamma}")
-    if loss not in ("cross_entropy", "squared"):
-        raise ValueError(f"loss: got {loss!r}, expected 'cross_entropy' or 'squared' (to +-1 targets)")
+    if loss not in ("cross_entropy", "squared", "mse"):
+        raise ValueError(f"loss: got {loss!r}, expected 'cross_entropy', 'squared' (summed over outputs, to "
+                         "+-1 targets) or 'mse' (averaged over outputs, to one-hot 0/1 targets)")
     device = data.x_train.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd, momentum=momentum)
@@ -255,6 +256,9 @@ def train_epochs(model: nn.Module, data: Split, *, batch: int, lr: float, wd: fl
             outputs = outputs.float()
             if loss == "squared":
                 objective = ((outputs - pm_one_targets(labels, outputs.shape[1])) ** 2).sum(dim=1).mean()
+            elif loss == "mse":
+                onehot = nn.functional.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
+                objective = nn.functional.mse_loss(outputs, onehot)
             else:
                 objective = nn.functional.cross_entropy(outputs, labels)
             optimizer.zero_grad(set_to_none=True)

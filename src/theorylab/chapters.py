@@ -104,6 +104,11 @@ class ChapterSpec:
     """What precision the chapter computes in on a GPU, and where it needs float64."""
     headline: tuple[str, ...] = ()
     """Recorded numbers (``check.key`` leaves of ``metrics.json``) the box shows for ``ci`` and ``full``."""
+    data_note: str = ""
+    """What the ``full`` profile downloads besides :attr:`datasets` (text, model weights), for the box."""
+    downloads: str = ""
+    """``module.function`` of ``theorylab`` that a ``full`` run calls with its parameters before any work,
+    to fetch what :attr:`data_note` names (raising :class:`theorylab.data.DatasetUnavailable` offline)."""
 
     def __post_init__(self) -> None:
         if bool(self.gpu) == bool(self.cpu_reason):
@@ -191,20 +196,37 @@ CHAPTERS: dict[str, ChapterSpec] = {
                                minimum=1.0, smoke=5.0),
             "train_steps": Param(int, 300, 3000, "training steps of the target model", minimum=10, smoke=20),
             "model_width": Param(int, 32, 128, "width of the target transformer", choices=(16, 32, 64, 128, 256), smoke=16),
+            "model_pair": Param(str, "none", "vicuna-7b", "real drafter/target pair ('none' skips those runs, "
+                                "'tiny' is a random local pair)", choices=("none", "tiny", "vicuna-7b", "vicuna-13b"),
+                                smoke="tiny"),
+            "model_dtype": Param(str, "float32", "bfloat16", "precision of the real pair's passes",
+                                 choices=("float32", "bfloat16"), smoke="float32"),
+            "real_prompts": Param(int, 0, 20, "Alpaca prompts the real pair generates from", minimum=0, smoke=2),
+            "real_tokens": Param(int, 50, 50, "tokens the real pair generates per prompt", minimum=2, smoke=8),
+            "max_servers": Param(int, 8, 8, "most concurrent target passes P measured and used by DSI", minimum=1,
+                                 smoke=2),
+            "real_draws": Param(int, 10_000, 10_000, "generations of the real pair's sampling test", minimum=10,
+                                smoke=400),
         },
         module="speculative",
-        gpu="one copy of the target model per CUDA device in the wall-clock runs; the latency model, the "
-            "emulation and the sampling test are NumPy on the host",
-        precision="float32 model passes, no TF32 (greedy identity compares argmaxes); NumPy float64 for the "
-                  "latency model",
+        gpu="the real drafter and target run their passes there, up to 8 target passes at once on their own "
+            "CUDA streams (the measured t(P)); the tiny models' timed runs use one copy per CUDA device; the "
+            "latency model, the emulation and the tiny models' sampling test are NumPy on the host",
+        precision="the real pair in bf16 (argmax flips reported with their logit margins), the tiny models in "
+                  "float32; no TF32; NumPy float64 for the latency model",
+        data_note="Alpaca instructions (tatsu-lab/stanford_alpaca, 52,002 records) and the weights of the "
+                  "chosen pair from the Hugging Face hub (Vicuna-7B v1.3 and Vicuna-68M: about 14 GB)",
+        downloads="speculative_models.prefetch",
         headline=("table_1.mean_gap.idealised", "table_1.mean_gap.lifo", "greedy.mismatches",
                   "sampling.p_values.residual", "heatmaps.baseline_over_dsi_peak"),
         ci_seconds=70,
-        full_minutes=10,
+        full_minutes=35,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
-                  "1e5 sampling draws, a wider target trained 10x longer (one target copy per CUDA device); still the tiny "
-                  "models of ci on generated text with target passes padded to 40 ms, not the paper's real "
-                  "model pairs",
+                  "1e5 sampling draws and a wider target trained 10x longer, on the tiny models with passes "
+                  "padded to 40 ms as in ci; then the engine on a real Table 1 pair (Vicuna-68M drafting "
+                  "for Vicuna-7B through transformers, unpadded): measured d, t(1) and t(P) for P = 1..8, "
+                  "non-SI, SI and DSI on 20 Alpaca prompts of 50 tokens against the latency model's "
+                  "predictions, greedy identity, and the first-token law over 1e4 sampled generations",
     ),
     "decision-tree-language-models": ChapterSpec(
         name="decision-tree-language-models",
@@ -389,6 +411,9 @@ def full_profile_text(name: str, root: Any = None) -> str:
         data = (f"{sets}, downloaded on first use into the cache folder (`${DATA_ENV}`, by default "
                 "`~/.cache/theorylab/data`); offline, the run stops before any work and says where to "
                 "place the files.")
+    elif spec.data_note:
+        data = (f"{spec.data_note}, downloaded on first use into the cache folder (`${DATA_ENV}`, by default "
+                "`~/.cache/theorylab/data`); offline, the run stops before any work and says what to fetch.")
     else:
         data = "Generated on the spot, as in `ci`; nothing is downloaded."
     gpu = spec.gpu if spec.gpu else f"none; it runs on the CPU because {spec.cpu_reason}"

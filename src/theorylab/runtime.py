@@ -307,6 +307,11 @@ def configure(profile: str = "ci", device: str = "auto", seed: int = 0, *, chapt
     if values["profile"] == "full" and not values["smoke"]:
         for name in table.chapter(chapter).datasets:  # download now, or stop before any work
             ensure_public_set(name)
+        if table.chapter(chapter).downloads:
+            import importlib
+
+            module, function = table.chapter(chapter).downloads.rsplit(".", 1)
+            getattr(importlib.import_module(f"theorylab.{module}"), function)(values)
     seed_everything(values["seed"])
     if values["device"].startswith("cuda"):
         # TF32 products (10-bit mantissa) only where the chapter table says the numerics allow them

@@ -14,6 +14,9 @@ commits as soon as it knows the first wrong draft, opens a new epoch, and preemp
 tasks of an old epoch are dropped, and a running task's padding is cut short (the forward pass itself
 cannot be interrupted).
 
+``workers`` (:class:`Workers`) runs those threads on one pool kept for a whole run, so that no thread (and
+no CUDA stream of a thread) is created per call; without it each DSI call starts its own threads.
+
 ``target_delay`` and ``drafter_delay`` pad each forward pass to that many seconds, emulating large models
 on a machine whose cores cannot run ``sp_degree`` real passes in parallel; sleeping releases the GIL.
 """
@@ -24,6 +27,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,9 +138,40 @@ class _Padded:
         return logits, interrupted
 
 
+class Workers:
+    """One pool of ``size`` threads for a whole run: DSI's drafter and target servers run on it call
+    after call (a call needs ``1 + sp_degree`` of them), as do :func:`concurrent_pass_seconds`' copies."""
+
+    def __init__(self, size: int):
+        self.size = positive_int("size", size)
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="theorylab-engine")
+
+    def submit(self, function: Callable, *args):
+        return self._executor.submit(function, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _launch(workers: Workers | None, function: Callable, *args) -> Callable[[], object]:
+    """Start ``function(*args)`` on a pool thread or a new thread; return what waits for it."""
+    if workers is None:
+        thread = threading.Thread(target=function, args=args, daemon=True)
+        thread.start()
+        return thread.join
+    return workers.submit(function, *args).result  # re-raises the thread's exception here
+
+
 def generate(algorithm: str, target: Scorer | Sequence[Scorer], drafter: Scorer, prompt: Sequence[int], n_tokens: int, *,
              lookahead: int = 1, sp_degree: int = 1, temperature: float = 0.0, seed: int = 0,
-             target_delay: float = 0.0, drafter_delay: float = 0.0, rule: str = "residual") -> GenerationResult:
+             target_delay: float = 0.0, drafter_delay: float = 0.0, rule: str = "residual",
+             workers: Workers | None = None) -> GenerationResult:
     """Generate ``n_tokens`` tokens after ``prompt`` with ``algorithm`` in ``{"nonsi", "si", "dsi"}``.
 
     Lossless: with ``temperature=0`` every algorithm returns the target's own greedy continuation; with
@@ -153,6 +188,9 @@ def generate(algorithm: str, target: Scorer | Sequence[Scorer], drafter: Scorer,
     for name, delay in (("target_delay", target_delay), ("drafter_delay", drafter_delay)):
         if not np.isfinite(delay) or delay < 0:
             raise ValueError(f"{name}: got {delay!r}, expected a non-negative number of seconds")
+    if workers is not None and algorithm == "dsi" and workers.size < 1 + sp_degree:
+        raise ValueError(f"workers: DSI with sp_degree={sp_degree} needs {1 + sp_degree} threads, "
+                         f"the pool has {workers.size}")
     decider = Decider(temperature, seed, rule)
     origin = time.perf_counter()
     intervals: list[Interval] = []
@@ -162,7 +200,8 @@ def generate(algorithm: str, target: Scorer | Sequence[Scorer], drafter: Scorer,
     target_pass = [_Padded(scorer, target_delay, "target", origin, intervals) for scorer in targets]
     drafter_pass = _Padded(drafter, drafter_delay, "drafter", origin, intervals)
     run = {"nonsi": _nonsi, "si": _si, "dsi": _dsi}[algorithm]
-    result = run(list(prompt), n_tokens, lookahead, sp_degree, decider, target_pass, drafter_pass)
+    extra = (workers,) if algorithm == "dsi" else ()
+    result = run(list(prompt), n_tokens, lookahead, sp_degree, decider, target_pass, drafter_pass, *extra)
     result.seconds = time.perf_counter() - origin
     result.intervals = sorted(intervals, key=lambda bar: bar.start)
     return result
@@ -221,7 +260,8 @@ class _Epoch:
     opened: float = 0.0
 
 
-def _dsi(prompt, n_tokens, lookahead, sp_degree, decider, target_passes, drafter_pass) -> GenerationResult:
+def _dsi(prompt, n_tokens, lookahead, sp_degree, decider, target_passes, drafter_pass, workers=None
+         ) -> GenerationResult:
     result = GenerationResult("dsi", [], 0.0)
     lock = threading.Condition()
     tasks: queue.Queue = queue.Queue()
@@ -272,10 +312,7 @@ def _dsi(prompt, n_tokens, lookahead, sp_degree, decider, target_passes, drafter
             if not interrupted:
                 results.put((task_epoch, drafted, scores[len(task_epoch.prefix) - 1:]))
 
-    threads = [threading.Thread(target=drafter_loop, daemon=True)]
-    threads += [threading.Thread(target=target_loop, args=(k,), daemon=True) for k in range(sp_degree)]
-    for thread in threads:
-        thread.start()
+    joins = [_launch(workers, drafter_loop)] + [_launch(workers, target_loop, k) for k in range(sp_degree)]
     committed = list(prompt)
     try:
         while len(committed) < len(prompt) + n_tokens:
@@ -302,8 +339,8 @@ def _dsi(prompt, n_tokens, lookahead, sp_degree, decider, target_passes, drafter
             lock.notify_all()
         for _ in range(sp_degree):
             tasks.put(None)
-        for thread in threads:
-            thread.join()
+        for join in joins:
+            join()
     result.tokens = committed[len(prompt):]
     return result
 
@@ -384,6 +421,9 @@ def goodness_of_fit(counts: np.ndarray, law: np.ndarray, min_expected: float = 5
     small = expected < min_expected
     observed = np.append(counts[~small], counts[small].sum()) if small.any() else counts
     expected = np.append(expected[~small], expected[small].sum()) if small.any() else expected
+    if observed.size < 2:
+        raise ValueError(f"goodness_of_fit: {counts.sum():.0f} draws leave one cell expected at least "
+                         f"{min_expected:g} times; the test needs more draws")
     return float(stats.chisquare(observed, expected).pvalue)
 
 
@@ -393,11 +433,17 @@ def control_prompt(target: Scorer, drafter: Scorer, candidates: Sequence[Sequenc
     :math:`\sum_x(b(x)-p(x))^2/p(x)` for the first token, with :math:`b=\min(p,q)+(1-\sum\min(p,q))\,p`."""
     def divergence(prompt):
         p = softmax(target(prompt)[-1], temperature)
-        q = softmax(drafter(prompt)[-1], temperature)
-        overlap = np.minimum(p, q)
-        return float((((overlap + (1 - overlap.sum()) * p) - p) ** 2 / p).sum())
+        return float(((fresh_target_law(p, softmax(drafter(prompt)[-1], temperature)) - p) ** 2 / p).sum())
 
     return list(max(candidates, key=lambda prompt: divergence(list(prompt))))
+
+
+def fresh_target_law(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    r"""The law of a drafted token under the biased ``fresh_target`` rule, target law ``p``, drafter law
+    ``q``: accepted with probability :math:`\min(p,q)`, else a fresh target sample,
+    :math:`b=\min(p,q)+(1-\sum\min(p,q))\,p`."""
+    overlap = np.minimum(p, q)
+    return overlap + (1 - overlap.sum()) * p
 
 
 def mean_pass_times(result: GenerationResult) -> tuple[float, float]:

@@ -50,6 +50,7 @@ def test_tokenizer_round_trip():
     assert stories.tokenize(sentence) == ["tom", "said", ",", "\"", "let's", "go", "!", "\"", "then", "he", "didn't",
                                           "stop", "."]
     assert stories.detokenize(["the", "cat", "sat", "."]) == "the cat sat."
+    assert stories.tokenize("\u201cI didn\u2019t,\u201d she said.") == stories.tokenize('"I didn\'t," she said.')
 
 
 def test_vocabulary_ranks_by_count_then_alphabet_and_maps_the_rest_to_unk():
@@ -259,6 +260,7 @@ def test_the_hub_checksum_is_checked(tmp_path, monkeypatch):
 
     spec = dataclasses.replace(data_module.PUBLIC_TEXT_SETS["tinystories"], min_documents=(1, 1))
     monkeypatch.setitem(data_module.PUBLIC_TEXT_SETS, "tinystories", spec)
+    monkeypatch.setattr(data_module, "hub_sha256", lambda url: None)
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response("f" * 64))
     with pytest.raises(data_module.DatasetUnavailable, match="SHA-256 differs"):
         data_module.ensure_public_set("tinystories", tmp_path / "bad")
@@ -266,6 +268,31 @@ def test_the_hub_checksum_is_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(good))
     folder = data_module.ensure_public_set("tinystories", tmp_path / "good")
     assert data_module.sha256_file(folder / "TinyStories-valid.txt") == good
+    # the hub's redirect names the checksum: it is checked even when the final answer has no header
+    monkeypatch.setattr(data_module, "hub_sha256", lambda url: "e" * 64)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(""))
+    with pytest.raises(data_module.DatasetUnavailable, match="SHA-256 differs from the hub's eee"):
+        data_module.ensure_public_set("tinystories", tmp_path / "redirect")
+
+
+def test_hub_sha256_reads_the_redirect_header_and_never_follows_it(monkeypatch):
+    import email.message
+    import urllib.error
+    import urllib.request
+
+    assert data_module.hub_sha256("file:///tmp/x.txt") is None  # not the hub: nothing asked
+    headers = email.message.Message()
+    headers["X-Linked-Etag"] = '"' + "a" * 64 + '"'
+
+    class Opener:
+        def open(self, request, timeout):
+            assert request.get_method() == "HEAD"
+            raise urllib.error.HTTPError(request.full_url, 302, "Found", headers, None)
+
+    monkeypatch.setattr(urllib.request, "build_opener", lambda *handlers: Opener())
+    assert data_module.hub_sha256("https://huggingface.co/datasets/x/resolve/main/y.txt") == "a" * 64
+    headers.replace_header("X-Linked-Etag", "W/not-a-digest")
+    assert data_module.hub_sha256("https://huggingface.co/datasets/x/resolve/main/y.txt") is None
 
 
 def test_offline_the_set_is_unavailable_with_instructions(tmp_path, monkeypatch):
@@ -275,6 +302,7 @@ def test_offline_the_set_is_unavailable_with_instructions(tmp_path, monkeypatch)
         raise OSError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(data_module, "hub_sha256", lambda url: None)
     with pytest.raises(data_module.DatasetUnavailable, match="TinyStories-train.txt") as raised:
         data_module.ensure_public_set("tinystories", tmp_path)
     assert "--smoke" in str(raised.value) and "huggingface.co" in str(raised.value)

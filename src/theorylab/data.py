@@ -367,20 +367,21 @@ class PublicTextSet:
     folder: str
     files: tuple[str, ...]  # file names, fetched from ``base_url + name``, kept under ``folder``
     separator: str
-    min_documents: tuple[int, ...]  # a complete file holds at least this many documents (a sanity check)
+    min_documents: tuple[int, ...]  # a complete file holds at least this many documents (a check against truncation)
 
 
 PUBLIC_TEXT_SETS: dict[str, PublicTextSet] = {
     # Eldan and Li's TinyStories, the original files (stories by GPT-3.5 and GPT-4): the validation
-    # file holds the 21,990 stories Gan et al. list as their validation set; the training file about
-    # 2.1 million stories, of which they list 147,273. The publishers give no MD5 or SHA-256 on the
-    # data set's card; the Hugging Face hub serves the SHA-256 of each large (LFS) file in the
-    # ``X-Linked-Etag`` header of the download, and the download is checked against it (and against
-    # ``Content-Length``) when the header is there. The SHA-256 of what was read is also recorded.
+    # file holds the 21,990 stories Gan et al. list as their validation set; the training file some
+    # two million stories, of which they list 147,273. No MD5 or SHA-256 is published beside the
+    # files that we know of; the Hugging Face hub names the SHA-256 of each large (LFS) file in the
+    # ``X-Linked-Etag`` header of its redirect, and the download is checked against it when the hub
+    # gives it (and always against ``Content-Length`` and a least number of stories). The chapter
+    # records the SHA-256 of the files it read.
     "tinystories": PublicTextSet(
         "tinystories", "TinyStories",
         "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/", "tinystories",
-        ("TinyStories-train.txt", "TinyStories-valid.txt"), "<|endoftext|>", (2_000_000, 21_000)),
+        ("TinyStories-train.txt", "TinyStories-valid.txt"), "<|endoftext|>", (1_000_000, 20_000)),
 }
 
 
@@ -628,11 +629,38 @@ def count_documents(path: Path, separator: str) -> int:
     return count + (1 if tail.strip() else 0)
 
 
+def hub_sha256(url: str) -> str | None:
+    """The SHA-256 the Hugging Face hub names for a large file: the ``X-Linked-Etag`` header of the
+    redirect its ``resolve`` URL answers with (a HEAD request, the redirect not followed); None when
+    there is no such header or the request fails (the download then reports the failure)."""
+    import http.client
+    import re
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith("https://huggingface.co/"):
+        return None
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        with urllib.request.build_opener(Stay).open(urllib.request.Request(url, method="HEAD"), timeout=60) as r:
+            headers = r.headers
+    except urllib.error.HTTPError as answer:  # the redirect itself, or a refusal
+        headers = answer.headers
+    except (OSError, http.client.HTTPException):
+        return None
+    tag = (headers.get("X-Linked-Etag") or "").strip('"') if headers is not None else ""
+    return tag if re.fullmatch(r"[0-9a-f]{64}", tag) else None
+
+
 def ensure_text_set(name: str, root: Path | None = None, download: bool = True) -> Path:
     """The folder of text corpus ``name`` (:data:`PUBLIC_TEXT_SETS`), downloading each missing file on
     first use through a scratch file that is moved into place only once complete and checked:
-    its length equals ``Content-Length``, its SHA-256 equals the hub's ``X-Linked-Etag`` when that is a
-    SHA-256, and it holds at least the expected number of documents. Raises
+    its length equals ``Content-Length``, its SHA-256 equals the one the hub names
+    (:func:`hub_sha256`) when it names one, and it holds at least the expected number of documents. Raises
     :class:`DatasetUnavailable` (before any work) when a file is absent and cannot be fetched."""
     import http.client
     import re
@@ -655,16 +683,17 @@ def ensure_text_set(name: str, root: Path | None = None, download: bool = True) 
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=folder) as scratch:
             fetched = Path(scratch) / file
             try:
+                expected = hub_sha256(url)
                 with urllib.request.urlopen(url, timeout=60) as response, fetched.open("wb") as out:
                     length = response.headers.get("Content-Length")
-                    etag = (response.headers.get("X-Linked-Etag") or "").strip('"')
+                    expected = expected or (response.headers.get("X-Linked-Etag") or "").strip('"')
                     shutil.copyfileobj(response, out, 1 << 22)
             except (OSError, http.client.HTTPException) as error:
                 raise _text_unavailable(spec, root, f"{url}: {error}") from None
             if length is not None and fetched.stat().st_size != int(length):
                 raise _text_unavailable(spec, root, f"{url}: {fetched.stat().st_size} bytes of {length}")
-            if re.fullmatch(r"[0-9a-f]{64}", etag) and sha256_file(fetched) != etag:
-                raise _text_unavailable(spec, root, f"{url}: SHA-256 differs from the hub's {etag}")
+            if re.fullmatch(r"[0-9a-f]{64}", expected or "") and sha256_file(fetched) != expected:
+                raise _text_unavailable(spec, root, f"{url}: SHA-256 differs from the hub's {expected}")
             if count_documents(fetched, spec.separator) < minimum:
                 raise _text_unavailable(spec, root, f"{url}: fewer than {minimum:,} documents")
             if not (folder / file).exists():  # another run may have finished first

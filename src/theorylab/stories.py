@@ -109,10 +109,13 @@ def tinystories_paths(*, smoke: bool, scratch: Path | None = None, root: Path | 
 # Words and a vocabulary
 
 
+_STRAIGHT = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-cased words (letters and digits, with inner apostrophes: ``didn't``) and single
-    punctuation marks, in order; white space is dropped."""
-    return _TOKEN.findall(text.lower())
+    punctuation marks, in order, curly quotes read as straight ones; white space is dropped."""
+    return _TOKEN.findall(text.lower().translate(_STRAIGHT))
 
 
 def detokenize(tokens: Sequence[str]) -> str:

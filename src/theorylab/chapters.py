@@ -247,6 +247,19 @@ CHAPTERS: dict[str, ChapterSpec] = {
             "expressions": Param(int, 6000, 60_000, "Boolean expressions of the reasoning task", minimum=200, smoke=300),
             "reasoning_steps": Param(int, 200, 6000, "training steps of each transformer of the reasoning task",
                                      minimum=10, smoke=20),
+            "story_count": Param(int, 0, 147_273, "TinyStories training stories of the paper's pipeline and its "
+                                 "transformer (the paper's count); 0 skips the TinyStories section", minimum=0, smoke=40),
+            "story_test": Param(int, 2000, 2000, "held-out TinyStories validation stories both models are scored on",
+                                minimum=4, smoke=8),
+            "story_vocab": Param(int, 8192, 8192, "word types kept on TinyStories (the rest become <unk>)", minimum=3,
+                                 smoke=60),
+            "story_dim": Param(int, 100, 100, "Word2Vec dimension on TinyStories", minimum=1, smoke=8),
+            "story_rounds": Param(int, 200, 200, "XGBoost rounds on TinyStories (one tree per embedding coordinate "
+                                  "per round)", minimum=1, smoke=2),
+            "story_rows": Param(int, 1_000_000, 1_000_000, "TinyStories positions the trees are fitted on (drawn at "
+                                "random)", minimum=100, smoke=1000),
+            "story_gpt_steps": Param(int, 6000, 6000, "training steps (64 rows of 256 tokens) of the TinyStories "
+                                     "transformer", minimum=1, smoke=10),
         },
         module="ardt",
         cpu_reason="its trees, automata and circuits are NumPy and scikit-learn code, and its transformers "

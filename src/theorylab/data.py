@@ -357,6 +357,34 @@ PUBLIC_IMAGE_SETS: dict[str, PublicImageSet] = {
 }
 
 
+@dataclass(frozen=True)
+class PublicTextSet:
+    """A public text corpus: plain-text files of documents separated by :attr:`separator`."""
+
+    name: str
+    title: str
+    base_url: str
+    folder: str
+    files: tuple[str, ...]  # file names, fetched from ``base_url + name``, kept under ``folder``
+    separator: str
+    min_documents: tuple[int, ...]  # a complete file holds at least this many documents (a check against truncation)
+
+
+PUBLIC_TEXT_SETS: dict[str, PublicTextSet] = {
+    # Eldan and Li's TinyStories, the original files (stories by GPT-3.5 and GPT-4): the validation
+    # file holds the 21,990 stories Gan et al. list as their validation set; the training file some
+    # two million stories, of which they list 147,273. No MD5 or SHA-256 is published beside the
+    # files that we know of; the Hugging Face hub names the SHA-256 of each large (LFS) file in the
+    # ``X-Linked-Etag`` header of its redirect, and the download is checked against it when the hub
+    # gives it (and always against ``Content-Length`` and a least number of stories). The chapter
+    # records the SHA-256 of the files it read.
+    "tinystories": PublicTextSet(
+        "tinystories", "TinyStories",
+        "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/", "tinystories",
+        ("TinyStories-train.txt", "TinyStories-valid.txt"), "<|endoftext|>", (1_000_000, 20_000)),
+}
+
+
 class DatasetUnavailable(RuntimeError):
     """A public data set is neither in the cache nor downloadable: the message says what to do."""
 
@@ -371,9 +399,11 @@ def data_cache() -> Path:
     return Path(base) / "theorylab" / "data"
 
 
-def public_set(name: str) -> PublicImageSet:
+def public_set(name: str) -> PublicImageSet | PublicTextSet:
+    if name in PUBLIC_TEXT_SETS:
+        return PUBLIC_TEXT_SETS[name]
     if name not in PUBLIC_IMAGE_SETS:
-        raise ValueError(f"unknown data set {name!r}; known: {sorted(PUBLIC_IMAGE_SETS)}")
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(PUBLIC_IMAGE_SETS) + sorted(PUBLIC_TEXT_SETS)}")
     return PUBLIC_IMAGE_SETS[name]
 
 
@@ -417,6 +447,8 @@ def ensure_public_set(name: str, root: Path | None = None, download: bool = True
     import tempfile
     import urllib.request
 
+    if name in PUBLIC_TEXT_SETS:
+        return ensure_text_set(name, root, download)
     spec = public_set(name)
     root = root or data_cache()
     if is_cached(name, root):
@@ -561,3 +593,109 @@ def public_images(name: str, *, smoke: bool = False, root: Path | None = None, d
 
     return Split(tensor(x_train), torch.as_tensor(y_train, device=device), tensor(x_test),
                  torch.as_tensor(y_test, device=device))
+
+
+# --- Public text corpora (``full`` profile) ---------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text_unavailable(spec: PublicTextSet, root: Path, reason: str) -> DatasetUnavailable:
+    files = "\n".join(f"    {spec.base_url}{file}" for file in spec.files)
+    return DatasetUnavailable(
+        f"{spec.title} is not in {root / spec.folder} and could not be downloaded ({reason}).\n"
+        f"  On a machine with network, fetch:\n{files}\n  and put them in {root / spec.folder}; or point "
+        f"${DATA_ENV} at a folder whose {spec.folder}/ holds them.\n"
+        "  To try the code path without the data, run with --smoke.")
+
+
+def count_documents(path: Path, separator: str) -> int:
+    """How many ``separator``-delimited documents with any non-blank text a file holds (streamed)."""
+    count, tail = 0, ""
+    with Path(path).open(encoding="utf-8") as handle:
+        for block in iter(lambda: handle.read(1 << 22), ""):
+            pieces = (tail + block).split(separator)
+            tail = pieces.pop()
+            count += sum(1 for piece in pieces if piece.strip())
+    return count + (1 if tail.strip() else 0)
+
+
+def hub_sha256(url: str) -> str | None:
+    """The SHA-256 the Hugging Face hub names for a large file: the ``X-Linked-Etag`` header of the
+    redirect its ``resolve`` URL answers with (a HEAD request, the redirect not followed); None when
+    there is no such header or the request fails (the download then reports the failure)."""
+    import http.client
+    import re
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith("https://huggingface.co/"):
+        return None
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    try:
+        with urllib.request.build_opener(Stay).open(urllib.request.Request(url, method="HEAD"), timeout=60) as r:
+            headers = r.headers
+    except urllib.error.HTTPError as answer:  # the redirect itself, or a refusal
+        headers = answer.headers
+    except (OSError, http.client.HTTPException):
+        return None
+    tag = (headers.get("X-Linked-Etag") or "").strip('"') if headers is not None else ""
+    return tag if re.fullmatch(r"[0-9a-f]{64}", tag) else None
+
+
+def ensure_text_set(name: str, root: Path | None = None, download: bool = True) -> Path:
+    """The folder of text corpus ``name`` (:data:`PUBLIC_TEXT_SETS`), downloading each missing file on
+    first use through a scratch file that is moved into place only once complete and checked:
+    its length equals ``Content-Length``, its SHA-256 equals the one the hub names
+    (:func:`hub_sha256`) when it names one, and it holds at least the expected number of documents. Raises
+    :class:`DatasetUnavailable` (before any work) when a file is absent and cannot be fetched."""
+    import http.client
+    import re
+    import shutil
+    import tempfile
+    import urllib.request
+
+    spec = PUBLIC_TEXT_SETS[name]
+    root = Path(root) if root is not None else data_cache()
+    folder = root / spec.folder
+    if is_cached(name, root):
+        return folder
+    if not download:
+        raise _text_unavailable(spec, root, "downloads are off")
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, minimum in zip(spec.files, spec.min_documents, strict=True):
+        if (folder / file).exists():
+            continue
+        url = spec.base_url + file
+        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=folder) as scratch:
+            fetched = Path(scratch) / file
+            try:
+                expected = hub_sha256(url)
+                with urllib.request.urlopen(url, timeout=60) as response, fetched.open("wb") as out:
+                    length = response.headers.get("Content-Length")
+                    expected = expected or (response.headers.get("X-Linked-Etag") or "").strip('"')
+                    shutil.copyfileobj(response, out, 1 << 22)
+            except (OSError, http.client.HTTPException) as error:
+                raise _text_unavailable(spec, root, f"{url}: {error}") from None
+            if length is not None and fetched.stat().st_size != int(length):
+                raise _text_unavailable(spec, root, f"{url}: {fetched.stat().st_size} bytes of {length}")
+            if re.fullmatch(r"[0-9a-f]{64}", expected or "") and sha256_file(fetched) != expected:
+                raise _text_unavailable(spec, root, f"{url}: SHA-256 differs from the hub's {expected}")
+            if count_documents(fetched, spec.separator) < minimum:
+                raise _text_unavailable(spec, root, f"{url}: fewer than {minimum:,} documents")
+            if not (folder / file).exists():  # another run may have finished first
+                fetched.replace(folder / file)
+    return folder

@@ -59,7 +59,7 @@ def throughput(name: str, transitions: dict, start, length: int, device: torch.d
 
     torch_walk()  # warm-up
     written = ardt.flat_generate_torch(flat, on_device, length, device, by_columns=True)
-    assert np.array_equal(written[:, :len(part)].T.cpu().numpy() - k, truth)
+    assert np.array_equal(written[:, :len(part)].T.cpu().numpy().astype(np.int64) - k, truth)
     torch_rate = rate(count, torch_walk, repeats=3)
     print(f"{name:16s} n={length:2d}  Python DFA loop {loop:11,.0f}/s | per input {per_input:8,.0f}/s "
           f"({per_input / loop:4.2f}x) | old vectorised {old:11,.0f}/s ({old / loop:4.2f}x) | "

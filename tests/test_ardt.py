@@ -406,7 +406,7 @@ def test_flat_walk_writes_what_the_per_input_run_writes_on_every_input(seed):
         inputs = ardt.all_inputs(n, k)
         flat = ardt.flatten_tree(dfa.tree, dfa.vocabulary, n)
         numpy_walk = ardt.flat_generate(flat, inputs, n).astype(np.int64) - k
-        torch_walk = ardt.flat_generate_torch(flat, inputs, n).numpy() - k
+        torch_walk = ardt.flat_generate_torch(flat, inputs, n).numpy().astype(np.int64) - k
         assert np.array_equal(numpy_walk, torch_walk)
         for row, written in zip(inputs.tolist(), numpy_walk.tolist(), strict=True):
             word = [alphabet[s] for s in row]
@@ -507,3 +507,21 @@ def test_circuit_batch_evaluation_and_flat_check_match_the_plain_evaluation():
     faulty = ardt.compile_circuit(5, flipped)
     faulty.gates = tuple(gates)  # the check must compare the tree with the true circuit
     assert not ardt.exhaustive_circuit_check(faulty)
+
+
+def test_the_checks_pass_and_fail_alike_through_the_torch_walk(monkeypatch):
+    """The chapter's checks run the torch walk where the device is an accelerator; here the NumPy walk
+    is replaced by the torch one on the CPU, and every check must give the same answers."""
+    import functools
+
+    def torch_generate(flat, prompts, steps, *, by_columns=False, block=2**14):
+        return ardt.flat_generate_torch(flat, prompts, steps, "cpu", by_columns=by_columns, block=block).numpy()
+
+    monkeypatch.setattr(ardt, "flat_generate", functools.wraps(ardt.flat_generate)(torch_generate))
+    honest, faulty = _aliased_dfa()
+    assert ardt.exhaustive_dfa_check(honest, range(2, 8)) and not ardt.exhaustive_dfa_check(faulty, range(2, 8))
+    assert ardt.exhaustive_dfa_check(ardt.compile_dfa(*ardt.random_accessible_dfa(40, seed=2)), range(1, 8))
+    result = ardt.palindrome_check(5)
+    assert result["exact"] and result["verdicts"]
+    assert ardt.exhaustive_tm_check(ardt.increment_tm(), ardt.increment_tapes(5), "carry", None, 6)
+    assert ardt.exhaustive_circuit_check(ardt.compile_circuit(6, ardt.random_circuit(6, 30, seed=5)))

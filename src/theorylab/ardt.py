@@ -283,7 +283,8 @@ def flat_generate_torch(flat: FlatTree, prompts, steps: int, device=None, *, by_
     r"""The same walk as :func:`flat_generate` with torch on ``device`` (CUDA where there is one),
     every gather a ``torch.take``; ``prompts`` a NumPy array or a tensor of codes, ``block`` rows at a
     time (default: :math:`2^{14}` on a CPU, :math:`2^{22}` on an accelerator). Returns the
-    ``(rows, steps)`` codes (``(steps, rows)`` with ``by_columns``) as a tensor on ``device``."""
+    ``(rows, steps)`` codes (``(steps, rows)`` with ``by_columns``) as a tensor on ``device``, of the
+    smallest integer type that holds them (as :func:`flat_generate`)."""
     import torch
 
     device = torch.device(device or "cpu")
@@ -319,7 +320,7 @@ def flat_generate_torch(flat: FlatTree, prompts, steps: int, device=None, *, by_
                 node = child_at.take(node + token.long())
             buffer[L + width + step] = value_at.take(node)
         out[:, begin:begin + size] = buffer[L + width:]
-    return (out if by_columns else out.T).long()
+    return out if by_columns else out.T
 
 
 def walk(flat: FlatTree, prompts: np.ndarray, steps: int, device=None, *, by_columns: bool = False) -> np.ndarray:
@@ -744,25 +745,27 @@ def tm_configurations(tm: CompiledTM, transitions: Mapping, halting: Iterable[Ha
 
 
 def check_tm_batch(tm: CompiledTM, transitions: Mapping, halting: Iterable[Hashable], tapes: np.ndarray,
-                   state: int, heads, steps: int, device=None, chunk: int = 2**14) -> tuple[bool, np.ndarray]:
+                   state: int, heads, steps: int, device=None, chunk: int | None = None) -> tuple[bool, np.ndarray]:
     r"""S3 on many tapes of one length at once: the compiled tree runs as an ARDT through the flat walk
     (:func:`walk`, on ``device``) from each initial block for ``steps`` :math:`\times(M+1)` tokens, and
     every block it writes is compared with the configuration :func:`tm_configurations` reaches at
-    that time. Returns whether all matched, and the state index in the tree's last block of each tape
-    (read off the tree's tokens, not the simulation)."""
+    that time, ``chunk`` tapes at a time (default :math:`2^{14}` on a CPU, :math:`2^{16}` on an
+    accelerator). Returns whether all matched, and the state index in the tree's last block of each
+    tape (read off the tree's tokens, not the simulation)."""
     tapes = np.asarray(tapes, dtype=np.int64)
     rows, M = tapes.shape
     heads = np.array(heads, dtype=np.int64) * np.ones(rows, dtype=np.int64)
     flat = flatten_tree(tm.tree, tm.vocabulary, M + 2)
     G, exact, finals = len(tm.tape_symbols), True, np.empty(rows, dtype=np.int64)
+    chunk = chunk or (2**14 if device is None or str(device) == "cpu" else 2**16)
     for begin in range(0, rows, chunk):
         part, at = tapes[begin:begin + chunk], heads[begin:begin + chunk]
         prompt = tm.block_codes(part, np.full(len(part), state), at)
-        written = walk(flat, prompt, steps * (M + 1), device, by_columns=True).astype(np.int64)
+        written = walk(flat, prompt, steps * (M + 1), device, by_columns=True)
         for t, (q, h, tape) in enumerate(tm_configurations(tm, transitions, halting, part, state, at, steps)):
             if not np.array_equal(written[t * (M + 1):(t + 1) * (M + 1)], tm.block_codes(tape, q, h)):
                 exact = False
-        last = written[-M:] if steps else prompt[1:]
+        last = written[-M:].astype(np.int64) if steps else prompt[1:]
         head_codes = np.where(last > G, last, 0).max(axis=0)  # the one head token of each block
         finals[begin:begin + chunk] = np.where(head_codes > G, (head_codes - 1 - G) // G, -1)
     return exact, finals
@@ -942,11 +945,12 @@ def evaluate_circuit_batch(n_inputs: int, gates: Sequence[Gate], inputs: np.ndar
 def exhaustive_circuit_check(circuit: CompiledCircuit, device=None, chunk: int | None = None) -> bool:
     r"""S4 on every input: the compiled tree runs as an ARDT through the flat walk (:func:`walk`, on
     ``device``) for :math:`N` steps on all :math:`2^n` inputs, ``chunk`` at a time (default: about
-    :math:`2^{26}` tokens of buffer), and must write :math:`g_1..g_N` as :func:`evaluate_circuit_batch`
-    computes them."""
+    :math:`2^{28}` tokens of buffer on a CPU, :math:`2^{33}` on an accelerator, where every launch
+    counts), and must write :math:`g_1..g_N` as :func:`evaluate_circuit_batch` computes them."""
     n, N = circuit.n_inputs, len(circuit.gates)
     flat = flatten_tree(circuit.tree, [0, 1], n + N)
-    chunk = chunk or max(1, 2**26 // (2 * (n + N)))
+    budget = 2**28 if device is None or str(device) == "cpu" else 2**33
+    chunk = chunk or max(1, budget // (2 * (n + N)))
     for start in range(0, 2**n, chunk):
         inputs = input_block(n, 2, start, min(2**n, start + chunk))
         written = walk(flat, inputs, N, device, by_columns=True)

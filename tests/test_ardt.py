@@ -415,7 +415,7 @@ def test_flat_walk_writes_what_the_per_input_run_writes_on_every_input(seed):
 
 
 def test_input_block_is_a_slice_of_all_inputs():
-    for length, k in [(1, 2), (5, 2), (4, 3)]:
+    for length, k in [(1, 2), (5, 2), (4, 3), (3, 4)]:
         every = ardt.all_inputs(length, k)
         assert np.array_equal(ardt.input_block(length, k, 0, k**length).T, every)
         assert np.array_equal(ardt.input_block(length, k, 1, 2).T, every[1:2])

@@ -235,8 +235,11 @@ def flat_generate(flat: FlatTree, prompts: np.ndarray, steps: int, *, by_columns
     one column (every level of the automaton and Turing-machine trees) the token is that column,
     else each window's token is gathered from its own node's column; then
     :math:`u\leftarrow\text{child}[u,\text{token}]`; after the last level every window rests at
-    a leaf and the step appends that leaf's code. Returns the ``(rows, steps)`` codes; with
-    ``by_columns`` the prompts come as ``(width, rows)`` and the codes go back as ``(steps, rows)``."""
+    a leaf and the step appends that leaf's code. Nothing but the tree's arrays decides a token (no
+    table of the machine it was compiled from is consulted, and no two steps share work), so what
+    it writes is what the tree writes; a unit test holds it to :meth:`WindowTree.next_token` on
+    random windows. Returns the ``(rows, steps)`` codes; with ``by_columns`` the prompts come as
+    ``(width, rows)`` and the codes go back as ``(steps, rows)``."""
     prompts = np.asarray(prompts)
     columns = prompts if by_columns else prompts.T
     width, rows = columns.shape
@@ -339,8 +342,12 @@ def input_block(length: int, alphabet_size: int, start: int, stop: int) -> np.nd
         raise ValueError(f"alphabet_size: got {alphabet_size}, at most 256 supported")
     numbers = np.arange(start, stop, dtype=np.int64)
     block = np.empty((length, numbers.size), dtype=np.uint8)
+    bits = alphabet_size.bit_length() - 1
     for j in range(length):
-        block[j] = (numbers // alphabet_size ** (length - 1 - j)) % alphabet_size
+        if alphabet_size == 1 << bits:  # a power of two: shift and mask
+            block[j] = (numbers >> (bits * (length - 1 - j))) & (alphabet_size - 1)
+        else:
+            block[j] = (numbers // alphabet_size ** (length - 1 - j)) % alphabet_size
     return block
 
 
@@ -450,18 +457,20 @@ def simulate_dfa(transitions: Mapping, start: Hashable, symbols: Iterable[Hashab
 
 
 def simulate_dfa_batch(transitions: Mapping, start: Hashable, states: Sequence[Hashable],
-                       alphabet: Sequence[Hashable], inputs: np.ndarray) -> np.ndarray:
+                       alphabet: Sequence[Hashable], inputs: np.ndarray, by_columns: bool = False) -> np.ndarray:
     r"""The direct simulation on many inputs at once, by table look-up and without any tree:
     :math:`q_t=\delta(q_{t-1},x_t)` with states as indices into ``states`` and the rows of
-    ``inputs`` as indices into ``alphabet``. Returns the ``(rows, n)`` array of :math:`q_1..q_n`."""
-    table = np.array([[states.index(transitions[q, x]) for x in alphabet] for q in states])
-    inputs = np.asarray(inputs, dtype=np.int64)
-    trace = np.empty(inputs.shape, dtype=np.int64)
-    state = np.full(inputs.shape[0], states.index(start))
-    for t in range(inputs.shape[1]):
-        state = table[state, inputs[:, t]]
-        trace[:, t] = state
-    return trace
+    ``inputs`` as indices into ``alphabet``. Returns the ``(rows, n)`` array of :math:`q_1..q_n`
+    (with ``by_columns``: inputs as ``(n, rows)``, states back as ``(n, rows)``)."""
+    k = len(alphabet)
+    table = np.array([[states.index(transitions[q, x]) for x in alphabet] for q in states], dtype=np.intp).ravel()
+    columns = np.asarray(inputs) if by_columns else np.asarray(inputs).T
+    trace = np.empty(columns.shape, dtype=np.int64)
+    state = np.full(columns.shape[1], states.index(start), dtype=np.intp)
+    for t in range(columns.shape[0]):
+        state = table.take(state * k + columns[t])
+        trace[t] = state
+    return trace if by_columns else trace.T
 
 
 def exhaustive_dfa_check(dfa: CompiledDFA, lengths: Iterable[int], device=None, chunk: int = 2**18) -> bool:
@@ -474,9 +483,9 @@ def exhaustive_dfa_check(dfa: CompiledDFA, lengths: Iterable[int], device=None, 
         flat = flatten_tree(dfa.tree, dfa.vocabulary, n)
         for start in range(0, k ** n, chunk):
             inputs = input_block(n, k, start, min(k ** n, start + chunk))
-            expected = simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs.T)
-            written = walk(flat, inputs, n, device, by_columns=True)
-            if not np.array_equal(written.T.astype(np.int64) - k, expected):
+            expected = simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs,
+                                          by_columns=True)
+            if not np.array_equal(walk(flat, inputs, n, device, by_columns=True), expected + k):
                 return False
     return True
 

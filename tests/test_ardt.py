@@ -355,3 +355,173 @@ def test_one_shot_parity_cart_for_three_bits_has_all_eight_leaves():
     assert tree.get_n_leaves() == 8 and tree.get_depth() == 3
     inputs = ardt.all_inputs(3)
     assert (tree.predict(inputs) == inputs.sum(axis=1) % 2).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The flat walk, against the per-input walk (WindowTree.next_token / run) and the direct simulations
+
+
+def _trees():
+    """Compiled trees of every kind with their vocabularies and context lengths, the faulty one included."""
+    dfa = ardt.compile_dfa(*ardt.random_dfa(4, seed=5))
+    inc = ardt.increment_tm()
+    tm = ardt.compile_turing_machine(inc["transitions"], "_", inc["halting"], 5)
+    pal = ardt.palindrome_tm()
+    pal_tm = ardt.compile_turing_machine(pal["transitions"], "_", pal["halting"], 6)
+    circuit = ardt.compile_circuit(5, ardt.random_circuit(5, 11, seed=3))
+    _, faulty = _aliased_dfa()
+    return [(dfa.tree, dfa.vocabulary, 6), (tm.tree, tm.vocabulary, 7), (pal_tm.tree, pal_tm.vocabulary, 8),
+            (circuit.tree, [0, 1], 16), (faulty.tree, faulty.vocabulary, 5)]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_flat_walk_reaches_the_leaf_of_the_per_window_walk_on_random_windows(case):
+    """Oracle: WindowTree.next_token, one window at a time, on windows of random tokens (padding and
+    tokens no run produces included), one generated token each; NumPy and torch (CPU) walks alike."""
+    tree, vocabulary, L = _trees()[case]
+    flat = ardt.flatten_tree(tree, vocabulary, L)
+    assert flat.depth == tree.depth and flat.is_leaf.sum() == tree.n_leaves
+    rng = np.random.default_rng(case)
+    codes = rng.integers(0, len(vocabulary) + 2, size=(500, L))  # V: padding, V + 1: an error token
+    names = [*vocabulary, ardt.PAD, ardt.ERROR]
+    lookup = {token: k for k, token in enumerate(names)}
+    plain = [lookup[tree.next_token([names[c] for c in row])] for row in codes]
+    assert list(ardt.flat_generate(flat, codes, 1)[:, 0]) == plain
+    assert list(ardt.flat_generate(flat, codes, 1, block=7)[:, 0]) == plain
+    assert ardt.flat_generate_torch(flat, codes, 1)[:, 0].tolist() == plain
+    assert ardt.flat_generate_torch(flat, codes, 1, block=7)[:, 0].tolist() == plain
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flat_walk_writes_what_the_per_input_run_writes_on_every_input(seed):
+    """Property over random automata (two and three symbols): on every input of each small length, the
+    flat walk (NumPy, and torch on the CPU) writes the chain of thought CompiledDFA.run writes one
+    input at a time, which is simulate_dfa's."""
+    rng = np.random.default_rng(seed)
+    alphabet = (0, 1) if seed % 2 == 0 else (0, 1, 2)
+    transitions, start = ardt.random_dfa(int(rng.integers(2, 7)), alphabet, seed=seed)
+    dfa = ardt.compile_dfa(transitions, start)
+    k = len(alphabet)
+    for n in range(1, 7 if k == 2 else 5):
+        inputs = ardt.all_inputs(n, k)
+        flat = ardt.flatten_tree(dfa.tree, dfa.vocabulary, n)
+        numpy_walk = ardt.flat_generate(flat, inputs, n).astype(np.int64) - k
+        torch_walk = ardt.flat_generate_torch(flat, inputs, n).numpy().astype(np.int64) - k
+        assert np.array_equal(numpy_walk, torch_walk)
+        for row, written in zip(inputs.tolist(), numpy_walk.tolist(), strict=True):
+            word = [alphabet[s] for s in row]
+            assert [dfa.states[q] for q in written] == dfa.run(word) == ardt.simulate_dfa(transitions, start, word)
+        assert ardt.exhaustive_dfa_check(dfa, [n], chunk=5)
+
+
+def test_input_block_is_a_slice_of_all_inputs():
+    for length, k in [(1, 2), (5, 2), (4, 3), (3, 4)]:
+        every = ardt.all_inputs(length, k)
+        assert np.array_equal(ardt.input_block(length, k, 0, k**length).T, every)
+        assert np.array_equal(ardt.input_block(length, k, 1, 2).T, every[1:2])
+        if len(every) >= 7:
+            assert np.array_equal(ardt.input_block(length, k, 3, 7).T, every[3:7])
+
+
+@pytest.mark.parametrize("n_states", [12, 128])
+def test_random_accessible_dfa_reaches_every_state_without_redundant_ones(n_states):
+    transitions, start = ardt.random_accessible_dfa(n_states, seed=1)
+    assert len(ardt.reachable_states(transitions, start)) == n_states
+    assert not ardt.redundant_pairs(transitions, start)
+    assert set(transitions) == {(q, x) for q in range(n_states) for x in (0, 1)}
+    assert ardt.random_accessible_dfa(n_states, seed=1) == (transitions, start)
+    dfa = ardt.compile_dfa(transitions, start)
+    assert dfa.n_leaves == ardt.leaf_bound_dfa(n_states, 2)
+    assert ardt.exhaustive_dfa_check(dfa, range(1, 9))
+    with pytest.raises(ValueError, match="cannot reach"):
+        ardt.random_accessible_dfa(2, alphabet=(), seed=0)
+
+
+def test_batch_turing_machine_simulation_matches_the_plain_one():
+    """Oracle: simulate_tm, one tape at a time."""
+    spec = ardt.unary_adder_tm()
+    tm = ardt.compile_turing_machine(spec["transitions"], "_", spec["halting"], 9)
+    tapes = [[1] * a + [0] + [1] * b + ["_"] * (8 - a - b) for a in range(4) for b in range(4)]
+    codes = np.array([[tm.tape_symbols.index(x) for x in tape] for tape in tapes])
+    batch = list(ardt.tm_configurations(tm, spec["transitions"], spec["halting"], codes, tm.states.index("scan"), 0,
+                                        12))
+    for row, tape in enumerate(tapes):
+        plain = ardt.simulate_tm(spec["transitions"], spec["halting"], tape, "scan", 0, 12)
+        assert [(tm.states[q[row]], int(h[row]), tuple(tm.tape_symbols[x] for x in t[row])) for q, h, t in batch] \
+            == plain
+
+
+def test_turing_machine_batch_check_agrees_with_the_per_tape_run_and_rejects_a_wrong_leaf():
+    """The flat walk's blocks are the configurations CompiledTM.run decodes one tape at a time; a
+    tree with one leaf changed (a head moving left now leaves the cell plain) fails the check."""
+    spec = ardt.increment_tm()
+    tapes = ardt.increment_tapes(5)
+    tm = ardt.compile_turing_machine(spec["transitions"], "_", spec["halting"], 6)
+    codes = np.array([[tm.tape_symbols.index(x) for x in tape] for tape in tapes])
+    exact, finals = ardt.check_tm_batch(tm, spec["transitions"], spec["halting"], codes, tm.states.index("carry"),
+                                        5, 6)
+    assert exact
+    assert [tm.states[q] for q in finals] == [tm.run(tape, "carry", 5, 6)[-1][0] for tape in tapes]
+    assert ardt.exhaustive_tm_check(spec, tapes, "carry", None, 6)
+    root = tm.tree.root
+    plain = root.children[ardt._cell(1)]
+    from_right = dict(plain.default.children)
+    head = next(t for t, leaf in from_right.items() if leaf.token[0] == "head")
+    from_right[head] = ardt.Leaf(ardt._cell(1))
+    broken = ardt.Node(1, False, plain.children, ardt.Node(3, False, from_right, plain.default.default))
+    children = {**root.children, ardt._cell(1): broken}
+    faulty = ardt.CompiledTM(ardt.WindowTree(ardt.Node(2, False, children, root.default), tm.tree.context_length),
+                             tm.tape_symbols, tm.states, tm.tape_length)
+    exact, _ = ardt.check_tm_batch(faulty, spec["transitions"], spec["halting"], codes, tm.states.index("carry"),
+                                   5, 6)
+    assert not exact
+
+
+def test_palindrome_machine_decides_palindromes_through_its_tree():
+    """Oracles: the string equals its reverse; simulate_tm; S3's leaf count for 8 states and 3 symbols."""
+    spec = ardt.palindrome_tm()
+    for m in range(0, 7):
+        result = ardt.palindrome_check(m)
+        assert result["exact"] and result["verdicts"] and result["strings"] == 2**m
+        assert result["depth"] == 3 and result["leaves"] == result["thm leaves"] == ardt.tm_leaf_count(8, 3)
+        for bits in ardt.all_inputs(m).tolist():
+            final = ardt.simulate_tm(spec["transitions"], spec["halting"], ["_", *bits, "_"], "start", 1,
+                                     result["steps"])[-1][0]
+            assert final == ("accept" if bits == bits[::-1] else "reject")
+
+
+def test_circuit_batch_evaluation_and_flat_check_match_the_plain_evaluation():
+    """Oracle: evaluate_circuit, one input at a time; a circuit tree with one table entry flipped fails."""
+    for n, N, seed in [(4, 9, 0), (6, 40, 1), (3, 1, 2)]:
+        gates = ardt.random_circuit(n, N, seed=seed)
+        inputs = ardt.all_inputs(n)
+        plain = [ardt.evaluate_circuit(n, gates, x) for x in inputs.tolist()]
+        assert np.array_equal(ardt.evaluate_circuit_batch(n, gates, inputs.T).T, plain)
+        circuit = ardt.compile_circuit(n, gates)
+        assert ardt.exhaustive_circuit_check(circuit) and ardt.exhaustive_circuit_check(circuit, chunk=3)
+        flat = ardt.flatten_tree(circuit.tree, [0, 1], n + N)
+        assert np.array_equal(ardt.flat_generate_torch(flat, inputs, N).numpy(), plain)
+        assert np.array_equal(ardt.flat_generate(flat, inputs, N), plain)
+    gates = ardt.random_circuit(5, 12, seed=4)
+    flipped = [*gates[:-1], ardt.Gate(gates[-1].wires, tuple(1 - v for v in gates[-1].table))]
+    faulty = ardt.compile_circuit(5, flipped)
+    faulty.gates = tuple(gates)  # the check must compare the tree with the true circuit
+    assert not ardt.exhaustive_circuit_check(faulty)
+
+
+def test_the_checks_pass_and_fail_alike_through_the_torch_walk(monkeypatch):
+    """The chapter's checks run the torch walk where the device is an accelerator; here the NumPy walk
+    is replaced by the torch one on the CPU, and every check must give the same answers."""
+    import functools
+
+    def torch_generate(flat, prompts, steps, *, by_columns=False, block=2**14):
+        return ardt.flat_generate_torch(flat, prompts, steps, "cpu", by_columns=by_columns, block=block).numpy()
+
+    monkeypatch.setattr(ardt, "flat_generate", functools.wraps(ardt.flat_generate)(torch_generate))
+    honest, faulty = _aliased_dfa()
+    assert ardt.exhaustive_dfa_check(honest, range(2, 8)) and not ardt.exhaustive_dfa_check(faulty, range(2, 8))
+    assert ardt.exhaustive_dfa_check(ardt.compile_dfa(*ardt.random_accessible_dfa(40, seed=2)), range(1, 8))
+    result = ardt.palindrome_check(5)
+    assert result["exact"] and result["verdicts"]
+    assert ardt.exhaustive_tm_check(ardt.increment_tm(), ardt.increment_tapes(5), "carry", None, 6)
+    assert ardt.exhaustive_circuit_check(ardt.compile_circuit(6, ardt.random_circuit(6, 30, seed=5)))

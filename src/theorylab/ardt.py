@@ -139,6 +139,219 @@ class WindowTree:
 
 
 # ----------------------------------------------------------------------------------------------
+# The flat walk: a window tree as arrays, walked level by level over many windows at once
+
+
+@dataclass
+class FlatTree:
+    r"""A window tree with its window positions resolved for one context length :math:`L`, as arrays.
+
+    Nodes are numbered breadth first (the root is 0). Tokens are codes :math:`0..V-1` (indices into the
+    vocabulary), :math:`V` for :data:`PAD` and :math:`V+1` for :data:`ERROR` (and any token outside the
+    vocabulary). For node :math:`u`: ``column[u]`` is the window column it reads, counted from 0 at the
+    window's start (a node reading position :math:`j` from the end reads column :math:`L-j`);
+    ``child[u, c]`` is the node that token :math:`c` leads to (the child for :math:`c`, else the default);
+    ``value[u]`` is the code a leaf emits. A leaf's row of ``child`` points back to the leaf itself, so
+    that after ``depth`` rounds of :math:`u\leftarrow\text{child}[u, w_{\text{column}[u]}]` every window
+    rests at the leaf the per-window walk :meth:`WindowTree.next_token` reaches: the arrays hold every
+    query, branch and leaf of the tree and nothing else. ``level_columns[d]`` lists the columns the
+    internal nodes at depth :math:`d` read."""
+
+    column: np.ndarray
+    child: np.ndarray
+    value: np.ndarray
+    is_leaf: np.ndarray
+    depth: int
+    level_columns: list
+    context_length: int
+    vocabulary_size: int
+
+    @property
+    def width(self) -> int:
+        """Codes per row of ``child``: :math:`V+2`."""
+        return self.vocabulary_size + 2
+
+    @property
+    def pad(self) -> int:
+        return self.vocabulary_size
+
+    @property
+    def error(self) -> int:
+        return self.vocabulary_size + 1
+
+
+def flatten_tree(tree: WindowTree, vocabulary: Sequence[Hashable], context_length: int) -> FlatTree:
+    """The arrays of :class:`FlatTree` for ``tree`` read with windows of ``context_length`` tokens."""
+    V, L = len(vocabulary), int(context_length)
+    codes = {token: k for k, token in enumerate(vocabulary)}
+    codes[PAD], codes[ERROR] = V, V + 1
+    order, depths, index = [tree.root], [0], {id(tree.root): 0}
+    k = 0
+    while k < len(order):  # breadth first; a node object shared by two parents is numbered once
+        node = order[k]
+        if isinstance(node, Node):
+            for child in [*node.children.values(), node.default]:
+                if id(child) not in index:
+                    index[id(child)] = len(order)
+                    order.append(child)
+                    depths.append(depths[k] + 1)
+        k += 1
+    n = len(order)
+    column = np.zeros(n, dtype=np.int64)
+    value = np.full(n, V + 1, dtype=np.int64)
+    is_leaf = np.zeros(n, dtype=bool)
+    child = np.empty((n, V + 2), dtype=np.int64)
+    levels: dict[int, set] = {}
+    for u, node in enumerate(order):
+        if isinstance(node, Leaf):
+            is_leaf[u] = True
+            value[u] = codes.get(node.token, V + 1)
+            child[u] = u
+            continue
+        if not 1 <= node.position <= L:
+            raise ValueError(f"a node reads window position {node.position}, outside a window of {L} tokens")
+        column[u] = L - node.position if node.from_end else node.position - 1
+        levels.setdefault(depths[u], set()).add(int(column[u]))
+        child[u] = index[id(node.default)]
+        for token, target in node.children.items():
+            if token in codes:  # a token outside the vocabulary never occurs in a window
+                child[u, codes[token]] = index[id(target)]
+    depth = max(levels) + 1 if levels else 0
+    return FlatTree(column, child, value, is_leaf, depth,
+                    [np.array(sorted(levels.get(d, ()))) for d in range(depth)], L, V)
+
+
+def _code_dtype(flat: FlatTree):
+    return np.uint8 if flat.width <= 256 else np.int16 if flat.width < 2**15 else np.int64
+
+
+def flat_generate(flat: FlatTree, prompts: np.ndarray, steps: int, *, by_columns: bool = False,
+                  block: int = 2**14) -> np.ndarray:
+    r"""The tokens an ARDT appends to each row of ``prompts`` (codes of :class:`FlatTree`), ``steps``
+    of them, with NumPy. The sequences sit column-major (one token position per array row, so that
+    a window column is a contiguous array row) behind :math:`L` padding columns, ``block`` sequences
+    at a time (so that the walk's arrays stay in the processor's cache), and each step walks every
+    window from the root, level by level, with gathers: at a level whose internal nodes all read
+    one column (every level of the automaton and Turing-machine trees) the token is that column,
+    else each window's token is gathered from its own node's column; then
+    :math:`u\leftarrow\text{child}[u,\text{token}]`; after the last level every window rests at
+    a leaf and the step appends that leaf's code. Nothing but the tree's arrays decides a token (no
+    table of the machine it was compiled from is consulted, and no two steps share work), so what
+    it writes is what the tree writes; a unit test holds it to :meth:`WindowTree.next_token` on
+    random windows. Returns the ``(rows, steps)`` codes; with ``by_columns`` the prompts come as
+    ``(width, rows)`` and the codes go back as ``(steps, rows)``."""
+    prompts = np.asarray(prompts)
+    columns = prompts if by_columns else prompts.T
+    width, rows = columns.shape
+    L, W = flat.context_length, flat.width
+    dtype = _code_dtype(flat)
+    out = np.empty((steps, rows), dtype=dtype)
+    # a node u is held as its offset u*W, so that the offset of its child for token c is
+    # child_at[u*W + c] and one addition (no multiplication) forms each gather's index
+    child_at = (flat.child * W).ravel().astype(np.intp)
+    value_at = np.repeat(flat.value.astype(dtype), W)
+    column_at = np.repeat(flat.column.astype(np.intp), W)
+    root, first = child_at[:W], int(flat.column[0])
+    single = [int(c[0]) if len(c) == 1 else None for c in flat.level_columns]
+    for begin in range(0, rows, block):
+        size = min(block, rows - begin)
+        buffer = np.full((L + width + steps, size), flat.pad, dtype=dtype)
+        buffer[L:L + width] = columns[:, begin:begin + size]
+        flat_buffer = buffer.reshape(-1)
+        offsets = np.arange(size, dtype=np.intp)
+        for step in range(steps):
+            base = width + step  # window column c sits at buffer row base + c
+            if flat.depth == 0:  # the tree is one leaf
+                buffer[L + width + step] = flat.value[0]
+                continue
+            node = root.take(buffer[base + first].astype(np.intp))  # every window starts at the root
+            for level in range(1, flat.depth):
+                if single[level] is not None:
+                    token = buffer[base + single[level]]
+                else:
+                    at = column_at.take(node)
+                    low, high = int(at.min()), int(at.max())
+                    if low == high:  # every window reads the same column here
+                        token = buffer[base + low]
+                    else:
+                        token = flat_buffer.take((at + base) * size + offsets)
+                node = child_at.take(node + token)
+            buffer[L + width + step] = value_at.take(node)
+        out[:, begin:begin + size] = buffer[L + width:]
+    return out if by_columns else np.ascontiguousarray(out.T)
+
+
+def flat_generate_torch(flat: FlatTree, prompts, steps: int, device=None, *, by_columns: bool = False,
+                        block: int | None = None):
+    r"""The same walk as :func:`flat_generate` with torch on ``device`` (CUDA where there is one),
+    every gather a ``torch.take``; ``prompts`` a NumPy array or a tensor of codes, ``block`` rows at a
+    time (default: :math:`2^{14}` on a CPU, :math:`2^{22}` on an accelerator). Returns the
+    ``(rows, steps)`` codes (``(steps, rows)`` with ``by_columns``) as a tensor on ``device``, of the
+    smallest integer type that holds them (as :func:`flat_generate`)."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    prompts = prompts if torch.is_tensor(prompts) else torch.from_numpy(np.ascontiguousarray(prompts))
+    columns = (prompts if by_columns else prompts.T).to(device)
+    width, rows = columns.shape
+    L, W = flat.context_length, flat.width
+    dtype = torch.uint8 if W <= 256 else torch.int16 if W < 2**15 else torch.int64
+    block = block or (2**14 if device.type == "cpu" else 2**22)
+    out = torch.empty((steps, rows), dtype=dtype, device=device)
+    child_at = torch.as_tensor((flat.child * W).ravel(), device=device)
+    value_at = torch.as_tensor(np.repeat(flat.value, W), device=device).to(dtype)
+    column_at = torch.as_tensor(np.repeat(flat.column, W), device=device)
+    root, first = child_at[:W], int(flat.column[0])
+    single = [int(c[0]) if len(c) == 1 else None for c in flat.level_columns]
+    for begin in range(0, rows, block):
+        size = min(block, rows - begin)
+        buffer = torch.full((L + width + steps, size), flat.pad, dtype=dtype, device=device)
+        buffer[L:L + width] = columns[:, begin:begin + size].to(dtype)
+        flat_buffer = buffer.view(-1)
+        offsets = torch.arange(size, device=device)
+        for step in range(steps):
+            base = width + step
+            if flat.depth == 0:
+                buffer[L + width + step] = int(flat.value[0])
+                continue
+            node = root[buffer[base + first].long()]
+            for level in range(1, flat.depth):
+                if single[level] is not None:
+                    token = buffer[base + single[level]]
+                else:
+                    token = flat_buffer.take((column_at.take(node) + base) * size + offsets)
+                node = child_at.take(node + token.long())
+            buffer[L + width + step] = value_at.take(node)
+        out[:, begin:begin + size] = buffer[L + width:]
+    return out if by_columns else out.T
+
+
+def walk(flat: FlatTree, prompts: np.ndarray, steps: int, device=None, *, by_columns: bool = False) -> np.ndarray:
+    """:func:`flat_generate` (NumPy) when ``device`` is None or a CPU, else
+    :func:`flat_generate_torch` on ``device``; NumPy codes back either way."""
+    if device is None or str(device) == "cpu":
+        return flat_generate(flat, prompts, steps, by_columns=by_columns)
+    return flat_generate_torch(flat, prompts, steps, device, by_columns=by_columns).cpu().numpy()
+
+
+def input_block(length: int, alphabet_size: int, start: int, stop: int) -> np.ndarray:
+    """Rows ``start..stop-1`` of :func:`all_inputs`, transposed: ``(length, stop - start)`` symbol
+    indices (uint8), column :math:`r` the base-``alphabet_size`` digits of :math:`r`, most significant
+    first; built without the other rows."""
+    if alphabet_size > 256:
+        raise ValueError(f"alphabet_size: got {alphabet_size}, at most 256 supported")
+    numbers = np.arange(start, stop, dtype=np.int64)
+    block = np.empty((length, numbers.size), dtype=np.uint8)
+    bits = alphabet_size.bit_length() - 1
+    for j in range(length):
+        if alphabet_size == 1 << bits:  # a power of two: shift and mask
+            block[j] = (numbers >> (bits * (length - 1 - j))) & (alphabet_size - 1)
+        else:
+            block[j] = (numbers // alphabet_size ** (length - 1 - j)) % alphabet_size
+    return block
+
+
+# ----------------------------------------------------------------------------------------------
 # Automata
 
 
@@ -244,29 +457,64 @@ def simulate_dfa(transitions: Mapping, start: Hashable, symbols: Iterable[Hashab
 
 
 def simulate_dfa_batch(transitions: Mapping, start: Hashable, states: Sequence[Hashable],
-                       alphabet: Sequence[Hashable], inputs: np.ndarray) -> np.ndarray:
+                       alphabet: Sequence[Hashable], inputs: np.ndarray, by_columns: bool = False) -> np.ndarray:
     r"""The direct simulation on many inputs at once, by table look-up and without any tree:
     :math:`q_t=\delta(q_{t-1},x_t)` with states as indices into ``states`` and the rows of
-    ``inputs`` as indices into ``alphabet``. Returns the ``(rows, n)`` array of :math:`q_1..q_n`."""
-    table = np.array([[states.index(transitions[q, x]) for x in alphabet] for q in states])
-    inputs = np.asarray(inputs, dtype=np.int64)
-    trace = np.empty(inputs.shape, dtype=np.int64)
-    state = np.full(inputs.shape[0], states.index(start))
-    for t in range(inputs.shape[1]):
-        state = table[state, inputs[:, t]]
-        trace[:, t] = state
-    return trace
+    ``inputs`` as indices into ``alphabet``. Returns the ``(rows, n)`` array of :math:`q_1..q_n`
+    (with ``by_columns``: inputs as ``(n, rows)``, states back as ``(n, rows)``)."""
+    k = len(alphabet)
+    table = np.array([[states.index(transitions[q, x]) for x in alphabet] for q in states], dtype=np.intp).ravel()
+    columns = np.asarray(inputs) if by_columns else np.asarray(inputs).T
+    trace = np.empty(columns.shape, dtype=np.int64)
+    state = np.full(columns.shape[1], states.index(start), dtype=np.intp)
+    for t in range(columns.shape[0]):
+        state = table.take(state * k + columns[t])
+        trace[t] = state
+    return trace if by_columns else trace.T
 
 
-def exhaustive_dfa_check(dfa: CompiledDFA, lengths: Iterable[int]) -> bool:
+def exhaustive_dfa_check(dfa: CompiledDFA, lengths: Iterable[int], device=None, chunk: int = 2**18) -> bool:
     """Whether the compiled tree writes the automaton's whole chain of thought :math:`q_1..q_n`,
-    not only its final state, on every input of every length in ``lengths`` (S1 with :math:`L=n`)."""
+    not only its final state, on every input of every length in ``lengths`` (S1 with :math:`L=n`).
+    The tree runs as an ARDT through the flat walk (:func:`walk`, on ``device``) on blocks of
+    ``chunk`` inputs; the truth is :func:`simulate_dfa_batch`, a table look-up without any tree."""
+    k = len(dfa.alphabet)
     for n in lengths:
-        inputs = all_inputs(n, len(dfa.alphabet))
-        expected = simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs)
-        if not np.array_equal(dfa.trace_all(n), expected):
-            return False
+        flat = flatten_tree(dfa.tree, dfa.vocabulary, n)
+        for start in range(0, k ** n, chunk):
+            inputs = input_block(n, k, start, min(k ** n, start + chunk))
+            expected = simulate_dfa_batch(dfa.transitions, dfa.start, dfa.states, dfa.alphabet, inputs,
+                                          by_columns=True)
+            if not np.array_equal(walk(flat, inputs, n, device, by_columns=True), expected + k):
+                return False
     return True
+
+
+def random_accessible_dfa(n_states: int, alphabet: Sequence[Hashable] = (0, 1), seed: int = 0,
+                          max_draws: int = 1_000) -> tuple[dict, int]:
+    r"""A random automaton on states :math:`0..n-1` (start 0) in which every state is reachable by
+    construction: state :math:`i\ge1` is the target of a transition :math:`\delta(p,x)` drawn uniformly
+    among the still free ones of states :math:`p<i` (a random spanning tree), and every other
+    transition is uniform; redrawn until no two states are redundant (:func:`redundant_pairs`).
+    :func:`random_dfa` draws every transition uniformly, which with two symbols almost never reaches
+    all of 100 states (a state has no incoming transition with probability about :math:`e^{-2}`)."""
+    if n_states < 1:
+        raise ValueError(f"n_states: got {n_states}, expected a positive integer")
+    rng = np.random.default_rng(seed)
+    for _ in range(max_draws):
+        transitions: dict = {}
+        free = [(0, x) for x in alphabet]
+        for i in range(1, n_states):
+            if not free:
+                raise ValueError(f"{len(alphabet)} symbols cannot reach {n_states} states")
+            transitions[free.pop(int(rng.integers(len(free))))] = i
+            free.extend((i, x) for x in alphabet)
+        for key in free:
+            transitions[key] = int(rng.integers(n_states))
+        transitions = {(q, x): transitions[q, x] for q in range(n_states) for x in alphabet}
+        if not redundant_pairs(transitions, 0):
+            return transitions, 0
+    raise ValueError(f"no {n_states}-state automaton without redundant states in {max_draws} draws")
 
 
 def parity_dfa() -> tuple[dict, int]:
@@ -339,6 +587,24 @@ class CompiledTM(_Compiled):
     tape_symbols: tuple
     states: tuple
     tape_length: int
+
+    @property
+    def vocabulary(self) -> list:
+        r"""Token codes of the flat walk: ``#`` is 0, plain cell :math:`a` is :math:`1+a`, head token
+        :math:`(q,a)` is :math:`1+|\Gamma|+q|\Gamma|+a` (states and symbols as indices)."""
+        return ([SEPARATOR] + [_cell(a) for a in self.tape_symbols]
+                + [_head(q, a) for q in self.states for a in self.tape_symbols])
+
+    def block_codes(self, tapes: np.ndarray, states: np.ndarray, heads: np.ndarray) -> np.ndarray:
+        """Configuration blocks as codes of :attr:`vocabulary`, one column per row of ``tapes``
+        (tape-symbol indices, ``(rows, M)``), ``states`` and ``heads`` (indices): ``(M + 1, rows)``."""
+        G, rows = len(self.tape_symbols), tapes.shape[0]
+        block = np.empty((self.tape_length + 1, rows), dtype=np.int64)
+        block[0] = 0
+        block[1:] = 1 + tapes.T
+        every = np.arange(rows)
+        block[1 + heads, every] = 1 + G + states * G + tapes[every, heads]
+        return block
 
     def encode(self, tape: Sequence[Hashable], state: Hashable, head: int) -> list:
         if len(tape) != self.tape_length:
@@ -460,17 +726,131 @@ def tape_number(tape: Sequence[Hashable]) -> int:
     return int(digits, 2) if digits else 0
 
 
+def tm_configurations(tm: CompiledTM, transitions: Mapping, halting: Iterable[Hashable], tapes: np.ndarray,
+                      state: int, heads: np.ndarray, steps: int):
+    r"""The direct simulation of ``tapes`` (tape-symbol indices of ``tm``, ``(rows, M)``) from state index
+    ``state`` with heads at ``heads``, all at once by table look-up: yields ``(states, heads, tapes)``
+    after each of ``steps`` steps; halting is absorbing, and leaving the tape is an error."""
+    halting = set(halting)
+    Q, G = len(tm.states), len(tm.tape_symbols)
+    new_state, write, move = (np.zeros((Q, G), dtype=np.int64) for _ in range(3))
+    for q, name in enumerate(tm.states):
+        for a, symbol in enumerate(tm.tape_symbols):
+            q2, b, m = (name, symbol, 0) if name in halting else transitions[name, symbol]
+            new_state[q, a], write[q, a], move[q, a] = tm.states.index(q2), tm.tape_symbols.index(b), m
+    tapes = np.array(tapes, dtype=np.int64)
+    rows = tapes.shape[0]
+    states = np.full(rows, state, dtype=np.int64)
+    heads = np.array(heads, dtype=np.int64) * np.ones(rows, dtype=np.int64)
+    every = np.arange(rows)
+    for _ in range(steps):
+        read = tapes[every, heads]
+        tapes[every, heads] = write[states, read]
+        heads = heads + move[states, read]
+        states = new_state[states, read]
+        if heads.min() < 0 or heads.max() >= tm.tape_length:
+            raise ValueError("the machine left its tape: reserve more blank cells")
+        yield states, heads, tapes.copy()
+
+
+def check_tm_batch(tm: CompiledTM, transitions: Mapping, halting: Iterable[Hashable], tapes: np.ndarray,
+                   state: int, heads, steps: int, device=None, chunk: int | None = None) -> tuple[bool, np.ndarray]:
+    r"""S3 on many tapes of one length at once: the compiled tree runs as an ARDT through the flat walk
+    (:func:`walk`, on ``device``) from each initial block for ``steps`` :math:`\times(M+1)` tokens, and
+    every block it writes is compared with the configuration :func:`tm_configurations` reaches at
+    that time, ``chunk`` tapes at a time (default :math:`2^{14}` on a CPU, :math:`2^{16}` on an
+    accelerator). Returns whether all matched, and the state index in the tree's last block of each
+    tape (read off the tree's tokens, not the simulation)."""
+    tapes = np.asarray(tapes, dtype=np.int64)
+    rows, M = tapes.shape
+    heads = np.array(heads, dtype=np.int64) * np.ones(rows, dtype=np.int64)
+    flat = flatten_tree(tm.tree, tm.vocabulary, M + 2)
+    G, exact, finals = len(tm.tape_symbols), True, np.empty(rows, dtype=np.int64)
+    chunk = chunk or (2**14 if device is None or str(device) == "cpu" else 2**16)
+    for begin in range(0, rows, chunk):
+        part, at = tapes[begin:begin + chunk], heads[begin:begin + chunk]
+        prompt = tm.block_codes(part, np.full(len(part), state), at)
+        written = walk(flat, prompt, steps * (M + 1), device, by_columns=True)
+        for t, (q, h, tape) in enumerate(tm_configurations(tm, transitions, halting, part, state, at, steps)):
+            if not np.array_equal(written[t * (M + 1):(t + 1) * (M + 1)], tm.block_codes(tape, q, h)):
+                exact = False
+        last = written[-M:].astype(np.int64) if steps else prompt[1:]
+        head_codes = np.where(last > G, last, 0).max(axis=0)  # the one head token of each block
+        finals[begin:begin + chunk] = np.where(head_codes > G, (head_codes - 1 - G) // G, -1)
+    return exact, finals
+
+
 def exhaustive_tm_check(spec: dict, tapes: Sequence[Sequence[Hashable]], state: Hashable, head: int | None,
-                        steps: int) -> bool:
+                        steps: int, device=None) -> bool:
     """Whether, on every tape, the compiled tree's chain of thought holds the configurations the
-    direct simulation visits at times 1..``steps`` (S3); ``head`` None starts on the last cell."""
+    direct simulation visits at times 1..``steps`` (S3); ``head`` None starts on the last cell. Tapes
+    of one length share a tree and run together through :func:`check_tm_batch`."""
+    by_length: dict[int, list] = {}
     for tape in tapes:
-        tm = compile_turing_machine(spec["transitions"], spec["blank"], spec["halting"], len(tape))
-        start = len(tape) - 1 if head is None else head
-        if tm.run(tape, state, start, steps) != simulate_tm(spec["transitions"], spec["halting"], tape, state,
-                                                            start, steps):
+        by_length.setdefault(len(tape), []).append(list(tape))
+    for M, group in by_length.items():
+        tm = compile_turing_machine(spec["transitions"], spec["blank"], spec["halting"], M)
+        foreign = sorted({repr(a) for tape in group for a in tape if a not in tm.tape_symbols})
+        if foreign:
+            raise ValueError(f"tape symbols outside {list(tm.tape_symbols)}: {', '.join(foreign)}")
+        if state not in tm.states:
+            raise ValueError(f"unknown state {state!r}; states: {list(tm.states)}")
+        codes = np.array([[tm.tape_symbols.index(a) for a in tape] for tape in group], dtype=np.int64)
+        start = M - 1 if head is None else head
+        if not 0 <= start < M:
+            raise ValueError(f"head: got {start}, expected 0..{M - 1}")
+        exact, _ = check_tm_batch(tm, spec["transitions"], spec["halting"], codes, tm.states.index(state), start,
+                                  steps, device)
+        if not exact:
             return False
     return True
+
+
+def palindrome_tm() -> dict:
+    """Accepts the binary palindromes: the head starts on the first symbol, erases it, runs to the last
+    symbol, erases it if it matches (else rejects) and returns; a blank in the middle accepts.
+    The tape holds the string between two blank cells."""
+    transitions = {("start", "_"): ("accept", "_", 0), ("back", "_"): ("start", "_", 1)}
+    for b in (0, 1):
+        transitions["start", b] = (f"have{b}", "_", 1)
+        transitions["back", b] = ("back", b, -1)
+        for c in (0, 1):
+            transitions[f"have{b}", c] = (f"have{b}", c, 1)
+            transitions[f"check{b}", c] = ("back", "_", -1) if c == b else ("reject", c, 0)
+        transitions[f"have{b}", "_"] = (f"check{b}", "_", -1)
+        transitions[f"check{b}", "_"] = ("accept", "_", 0)
+    return {"transitions": transitions, "blank": "_", "halting": {"accept", "reject"}}
+
+
+def palindrome_check(length: int, device=None) -> dict:
+    r"""The palindrome machine (:func:`palindrome_tm`) compiled for :math:`M=` ``length`` :math:`+2`
+    cells and run by the flat walk on all :math:`2^{\text{length}}` strings until every run has halted
+    (the number of steps from the direct simulation): whether every configuration matched
+    (``exact``), whether the state in the tree's last block is ``accept`` exactly for the strings
+    equal to their reverse (``verdicts``, against that closed-form oracle), with the step count,
+    the tree's depth and leaves and the S3 leaf count."""
+    if length < 0:
+        raise ValueError(f"length: got {length}, expected a non-negative integer")
+    spec = palindrome_tm()
+    tm = compile_turing_machine(spec["transitions"], "_", spec["halting"], length + 2)
+    bits = input_block(length, 2, 0, 2**length).T.astype(np.int64)
+    one = tm.tape_symbols.index(1)
+    zero = tm.tape_symbols.index(0)
+    tapes = np.zeros((2**length, length + 2), dtype=np.int64)  # blank index 0 at both ends
+    tapes[:, 1:-1] = np.where(bits == 1, one, zero)
+    runs = tm_configurations(tm, spec["transitions"], spec["halting"], tapes, tm.states.index("start"), 1,
+                             4 * (length + 2) ** 2)
+    halting = [tm.states.index(q) for q in spec["halting"]]
+    steps, halted = 0, False
+    while not halted:  # the direct simulation says when the last run halts
+        states, _, _ = next(runs)
+        steps, halted = steps + 1, bool(np.isin(states, halting).all())
+    exact, finals = check_tm_batch(tm, spec["transitions"], spec["halting"], tapes, tm.states.index("start"), 1,
+                                   steps, device)
+    truth = np.all(bits == bits[:, ::-1], axis=1)
+    verdicts = bool(np.array_equal(finals == tm.states.index("accept"), truth))
+    return {"length": length, "strings": 2**length, "steps": steps, "exact": exact, "verdicts": verdicts,
+            "depth": tm.depth, "leaves": tm.n_leaves, "thm leaves": tm_leaf_count(len(tm.states), len(tm.tape_symbols))}
 
 
 def unary_adder_tm() -> dict:
@@ -555,6 +935,37 @@ def evaluate_circuit(n_inputs: int, gates: Sequence[Gate], inputs: Sequence[int]
             index = 2 * index + wires[w]
         wires.append(gate.table[index])
     return wires[n_inputs:]
+
+
+def evaluate_circuit_batch(n_inputs: int, gates: Sequence[Gate], inputs: np.ndarray) -> np.ndarray:
+    """:func:`evaluate_circuit` on every column of ``inputs`` (``(n_inputs, rows)`` bits) at once, gate by
+    gate by truth-table look-up, without any tree: the ``(N, rows)`` gate values."""
+    inputs = np.asarray(inputs)
+    wires = np.empty((n_inputs + len(gates), inputs.shape[1]), dtype=np.uint8)
+    wires[:n_inputs] = inputs
+    for i, gate in enumerate(gates):
+        index = np.zeros(inputs.shape[1], dtype=np.intp)
+        for w in gate.wires:
+            index = 2 * index + wires[w]
+        wires[n_inputs + i] = np.asarray(gate.table, dtype=np.uint8).take(index)
+    return wires[n_inputs:]
+
+
+def exhaustive_circuit_check(circuit: CompiledCircuit, device=None, chunk: int | None = None) -> bool:
+    r"""S4 on every input: the compiled tree runs as an ARDT through the flat walk (:func:`walk`, on
+    ``device``) for :math:`N` steps on all :math:`2^n` inputs, ``chunk`` at a time (default: about
+    :math:`2^{28}` tokens of buffer on a CPU, :math:`2^{33}` on an accelerator, where every launch
+    counts), and must write :math:`g_1..g_N` as :func:`evaluate_circuit_batch` computes them."""
+    n, N = circuit.n_inputs, len(circuit.gates)
+    flat = flatten_tree(circuit.tree, [0, 1], n + N)
+    budget = 2**28 if device is None or str(device) == "cpu" else 2**33
+    chunk = chunk or max(1, budget // (2 * (n + N)))
+    for start in range(0, 2**n, chunk):
+        inputs = input_block(n, 2, start, min(2**n, start + chunk))
+        written = walk(flat, inputs, N, device, by_columns=True)
+        if not np.array_equal(written, evaluate_circuit_batch(n, circuit.gates, inputs)):
+            return False
+    return True
 
 
 def parity_circuit(n_inputs: int) -> list[Gate]:

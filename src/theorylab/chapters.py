@@ -233,11 +233,16 @@ CHAPTERS: dict[str, ChapterSpec] = {
         title="The power of autoregressive decision trees",
         notebook="chapters/decision-tree-language-models.ipynb",
         params={
-            "max_length": Param(int, 14, 20, "longest input length of the exhaustive automaton checks", minimum=1, smoke=6),
+            "max_length": Param(int, 14, 24, "longest input length of the exhaustive automaton checks", minimum=1, smoke=6),
             "tm_bits": Param(int, 10, 14, "binary-increment inputs checked: every number of this many bits",
                              minimum=1, smoke=4),
             "circuit_inputs": Param(int, 12, 16, "inputs of the random circuits (every input is checked)", minimum=2, smoke=4),
-            "circuit_gates": Param(int, 60, 300, "gates of the largest random circuit", minimum=1, smoke=8),
+            "circuit_gates": Param(int, 60, 10_000, "gates of the largest random circuit (a quarter as many in the "
+                                   "other)", minimum=1, smoke=8),
+            "large_dfa_states": Param(int, 0, 128, "states of a random automaton added to the exhaustive checks "
+                                      "(every state reachable by construction); 0 adds none", minimum=0, smoke=12),
+            "palindrome_length": Param(int, 0, 18, "the palindrome machine runs on every binary string up to this "
+                                       "length; 0 skips it", minimum=0, smoke=4),
             "traces": Param(int, 300, 1000, "machine traces CART learns from", minimum=10, smoke=20),
             "train_sentences": Param(int, 6000, 60_000, "training sentences of the language models", minimum=100, smoke=200),
             "test_sentences": Param(int, 1000, 10_000, "held-out sentences", minimum=100, smoke=100),

@@ -19,6 +19,12 @@ def test_gpu_check_on_the_cpu_runs_every_chapter_full_smoke(tmp_path):
                             env=env, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ResNet-18 (CIFAR)" in result.stdout and "gpu-check: done" in result.stdout
+    assert "t(P)/t(1)" in result.stdout and "flat NumPy" in result.stdout  # steps 3 and 5
+    ran = {name: set(json.loads((tmp_path / "runs" / f"{name}-full-smoke" / "metrics.json").read_text())["checks"])
+           for name in ("speculative-inference", "decision-tree-language-models")}
+    # the language-model chapters' real-model, TinyStories and large-construction paths ran
+    assert {"real_latency", "real_greedy", "real_wall_clock", "real_sampling"} <= ran["speculative-inference"]
+    assert {"stories", "palindromes"} <= ran["decision-tree-language-models"]
     for spec in chapters.CHAPTERS.values():
         folder = tmp_path / "runs" / f"{spec.name}-full-smoke"
         status = json.loads((folder / "status.json").read_text())

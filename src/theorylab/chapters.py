@@ -268,19 +268,23 @@ CHAPTERS: dict[str, ChapterSpec] = {
         },
         module="ardt",
         datasets=("tinystories",),
-        gpu="in full, the transformer set beside the paper's pipeline on TinyStories trains and is scored "
-            "there; XGBoost too when the installed XGBoost is a CUDA build (the pinned xgboost-cpu is not: "
-            "its trees then use every core); Word2Vec, the grammar models and the small transformers of "
-            "the ci sections stay on the CPU",
+        gpu="the compiled trees of the exhaustive checks are walked there (torch gathers; the direct "
+            "simulations they are checked against stay in NumPy); the transformer set beside the paper's "
+            "pipeline on TinyStories trains and is scored there; XGBoost too when the installed XGBoost is "
+            "a CUDA build (the pinned xgboost-cpu is not: its trees then use every core); Word2Vec, the "
+            "grammar models and the small transformers of the other sections stay on the CPU",
         headline=("language_models.scores.ARDT (boosted trees).perplexity",
                   "language_models.scores.TinyGPT.perplexity", "language_models.ratio", "agreement.trees, L=8",
                   "agreement.TinyGPT"),
         ci_seconds=75,
-        full_minutes=30,
-        full_note="exhaustive checks to length 20, circuits with 300 gates on 16 inputs, 10x the text, "
-                  "200 boosting rounds (both tree models), 10x longer transformer training, 30x longer "
-                  "for the two reasoning transformers; the generated languages of ci, not the paper's "
-                  "TinyStories",
+        full_minutes=65,
+        full_note="exhaustive automaton checks to length 24 with a 128-state random automaton, the "
+                  "palindrome Turing machine on every string up to length 18, circuits of 2,500 and 10,000 "
+                  "gates on all 2^16 inputs; on the generated languages 10x the text, 200 boosting rounds, "
+                  "10x longer transformer training (30x for the two reasoning transformers); then the "
+                  "paper's Word2Vec + XGBoost pipeline on 147,273 TinyStories stories (8,192 words, "
+                  "dimension 100, 200 rounds of depth-6 trees on a million positions) beside a 2-layer "
+                  "transformer of as many parameters, scored on 2,000 validation stories",
     ),
     "collapse-and-transfer": ChapterSpec(
         name="collapse-and-transfer",

@@ -220,7 +220,7 @@ CHAPTERS: dict[str, ChapterSpec] = {
         headline=("table_1.mean_gap.idealised", "table_1.mean_gap.lifo", "greedy.mismatches",
                   "sampling.p_values.residual", "heatmaps.baseline_over_dsi_peak"),
         ci_seconds=70,
-        full_minutes=35,
+        full_minutes=20,
         full_note="heatmaps at step 0.01, 1e5 Monte-Carlo runs, 1e6 paths, 3000-run emulations, 50 prompts, "
                   "1e5 sampling draws and a wider target trained 10x longer, on the tiny models with passes "
                   "padded to 40 ms as in ci; then the engine on a real Table 1 pair (Vicuna-68M drafting "

@@ -179,3 +179,34 @@ def test_no_formula_is_cut_on_a_phone(server, page, tmp_path):
     report = overflow_report(server, page, 390, tmp_path)
     assert report["page"] == 0, report
     assert report["lost"] == [], report
+
+
+def test_the_pdf_holds_the_whole_book_with_typeset_math():
+    """``scripts/book-pdf`` (run by ``scripts/setup``): every chapter's title in the PDF, no raw TeX left
+    (MathJax typeset every formula before printing), and a page with a theorem box saved as an image
+    (tests/artifacts/book-pdf-page.png) whose ink covers a plausible share of the page."""
+    import pypdfium2
+
+    path = SITE / "book.pdf"
+    assert path.exists(), "no _build/html/book.pdf: run scripts/book-pdf (scripts/setup does)"
+    pdf = pypdfium2.PdfDocument(str(path))
+    pages = [" ".join(pdf[k].get_textpage().get_text_range().split()) for k in range(len(pdf))]
+    text = " ".join(pages)
+    titles = [next(line[2:].strip() for line in (ROOT / "chapters" / f"{Path(page).stem}.md")
+                   .read_text(encoding="utf-8").splitlines() if line.startswith("# "))
+              for page in PAGES]
+    missing = [title for title in titles if " ".join(title.split()) not in text]
+    assert not missing, f"chapters missing from the PDF: {missing}"
+    assert len(pdf) > 100
+    assert not re.search(r"\\(frac|begin|mathbb|sum_)|\$\$", text), "raw TeX in the PDF"
+    page = next(k for k, words in enumerate(pages) if "Theorem 1.1" in words)
+    image = pdf[page].render(scale=1.5).to_pil().convert("L")
+    ARTIFACTS.mkdir(exist_ok=True)
+    image.save(ARTIFACTS / "book-pdf-page.png")
+    ink = sum(1 for value in image.getdata() if value < 128) / (image.width * image.height)
+    assert 0.005 < ink < 0.5, ink
+
+
+def test_the_home_page_links_the_pdf_and_the_notation(server, tmp_path):
+    dom = chromium("--dump-dom", f"{server}/intro.html", tmp_path=tmp_path)
+    assert 'href="book.pdf"' in dom and "notation.html" in dom and "prf-prf.html" in dom

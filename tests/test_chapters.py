@@ -119,3 +119,55 @@ def test_headline_numbers_are_recorded_numbers_of_the_chapter(name):
     spec = chapters.chapter(name)
     assert spec.headline, "the box shows a few headline numbers beside a full run's"
     assert set(spec.headline) <= set(baselines.load(ROOT, name)["metrics"])
+
+
+def test_code_fits_88_columns(chapter):
+    """What a reader sees of the code does not scroll sideways: the linter on the chapter's cells."""
+    import subprocess
+    import sys
+
+    _, path, _ = chapter
+    ruff = Path(sys.executable).with_name("ruff")
+    result = subprocess.run([str(ruff), "check", "--line-length", "88", "--select", "E501",
+                             "--output-format", "concise", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_outputs_hold_no_object_reprs_or_nan(chapter):
+    _, _, notebook = chapter
+    found = []
+    for k, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") + output.get("data", {}).get("text/plain", "")
+            if "text/html" in output.get("data", {}) or "image/png" in output.get("data", {}):
+                text = ""  # a figure's or a table's plain-text stand-in is not shown
+            if re.search(r"<[\w.]+ (object )?at 0x[0-9a-f]+>|\bnan\b", text):
+                found.append((k, text[:120]))
+    assert not found, found
+
+
+def test_every_figure_has_a_caption_a_name_and_alt_text(chapter):
+    _, _, notebook = chapter
+    missing = [k for k, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+               and any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+               and not all(cell.metadata.get("mystnb", {}).get(*key) for key in
+                           [("figure", {}), ("image", {})])]
+    assert not missing, f"figure cells without mystnb figure/image metadata: {missing}"
+    for cell in notebook.cells:
+        meta = cell.metadata.get("mystnb", {})
+        if meta:
+            assert meta["figure"].get("caption") and meta["figure"].get("name", "").startswith("fig-")
+            assert len(meta["image"].get("alt", "")) > 20
+
+
+def test_each_chapter_ends_with_three_exercises_one_computed(chapter):
+    spec, path, _ = chapter
+    text = path.with_suffix(".md").read_text(encoding="utf-8")
+    exercises = re.findall(r"^:::\{exercise\}\n:label: (ex-[\w-]+)", text, flags=re.M)
+    solved = set(re.findall(r"^:{3,4}\{solution(?:-start)?\} (ex-[\w-]+)", text, flags=re.M)) | set(
+        re.findall(r"^`{4}\{solution-start\} (ex-[\w-]+)", text, flags=re.M))
+    assert len(exercises) >= 3, exercises
+    assert set(exercises) <= solved, set(exercises) - solved
+    gated = re.findall(r"\{solution-start\}(.*?)\{solution-end\}", text, flags=re.S)
+    computed = [block for block in gated if "{code-cell}" in block and "assert " in block]
+    assert computed, "no exercise whose solution is an executed, asserting code cell"

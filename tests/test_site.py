@@ -179,3 +179,66 @@ def test_no_formula_is_cut_on_a_phone(server, page, tmp_path):
     report = overflow_report(server, page, 390, tmp_path)
     assert report["page"] == 0, report
     assert report["lost"] == [], report
+
+
+def test_the_pdf_holds_the_whole_book_with_typeset_math():
+    """``scripts/book-pdf`` (run by ``scripts/setup``): every chapter's title in the PDF, no raw TeX left
+    (MathJax typeset every formula before printing), and a page with a theorem box saved as an image
+    (tests/artifacts/book-pdf-page.png) whose ink covers a plausible share of the page."""
+    import pypdfium2
+
+    path = SITE / "book.pdf"
+    assert path.exists(), "no _build/html/book.pdf: run scripts/book-pdf (scripts/setup does)"
+    pdf = pypdfium2.PdfDocument(str(path))
+    pages = [" ".join(pdf[k].get_textpage().get_text_range().split()) for k in range(len(pdf))]
+    text = " ".join(pages)
+    titles = [next(line[2:].strip() for line in (ROOT / "chapters" / f"{Path(page).stem}.md")
+                   .read_text(encoding="utf-8").splitlines() if line.startswith("# "))
+              for page in PAGES]
+    missing = [title for title in titles if " ".join(title.split()) not in text]
+    assert not missing, f"chapters missing from the PDF: {missing}"
+    assert len(pdf) > 100
+    assert not re.search(r"\\(frac|begin|mathbb|sum_)|\$\$", text), "raw TeX in the PDF"
+    page = next(k for k, words in enumerate(pages) if "Theorem 1.1" in words)
+    image = pdf[page].render(scale=1.5).to_pil().convert("L")
+    ARTIFACTS.mkdir(exist_ok=True)
+    image.save(ARTIFACTS / "book-pdf-page.png")
+    ink = sum(1 for value in image.getdata() if value < 128) / (image.width * image.height)
+    assert 0.005 < ink < 0.5, ink
+
+
+def test_the_home_page_links_the_pdf_and_the_notation(server, tmp_path):
+    dom = chromium("--dump-dom", f"{server}/intro.html", tmp_path=tmp_path)
+    assert 'href="book.pdf"' in dom and "notation.html" in dom and "prf-prf.html" in dom
+
+
+CHAPTER_NUMBERS = {page: k + 1 for k, page in enumerate(
+    ["chapters/rank-minimization.html", "chapters/collapse-and-transfer.html",
+     "chapters/canonical-representations.html", "chapters/sparse-network-bounds.html",
+     "chapters/decision-tree-language-models.html", "chapters/speculative-inference.html",
+     "chapters/contract-design.html"])}
+
+
+def test_statements_equations_and_figures_are_numbered_in_their_chapter(rendered, page):
+    """Theorem 6.2, equation (6.3), Figure 6.1: every number on a chapter's page starts with its
+    chapter's number, and every figure is captioned and numbered, with alt text in words."""
+    k = CHAPTER_NUMBERS[page]
+    numbers = re.findall(r'<span class="caption-number">\s*([A-Za-z]+) ([\d.]+)', rendered)
+    numbers += [("equation", n) for n in re.findall(r'<span class="eqno">\(([\d.]+)\)', rendered)]
+    assert numbers, "no numbered statement"
+    wrong = [(kind, n) for kind, n in numbers if not n.startswith(f"{k}.")]
+    assert not wrong, wrong
+    images = re.findall(r"<img\b[^>]*>", rendered)
+    figures = re.findall(r"<figure\b.*?</figure>", rendered, flags=re.S)
+    assert len(figures) >= PAGES[page]["figures"]
+    for figure in figures:
+        assert re.search(r'<span class="caption-number">\s*Figure ' + rf"{k}\.\d+", figure), figure[:300]
+    for image in images:
+        alt = re.search(r'alt="([^"]*)"', image)
+        assert alt and len(alt.group(1)) > 20 and not re.fullmatch(r"[0-9a-f]{20,}\.png", alt.group(1)), image
+
+
+def test_the_install_page_says_how_to_run_everything(server, tmp_path):
+    dom = visible_text(chromium("--dump-dom", f"{server}/running.html", tmp_path=tmp_path))
+    for needed in ("scripts/setup", "pytest", "theorylab run", "--profile full", "papermill", "--smoke"):
+        assert needed in dom, needed

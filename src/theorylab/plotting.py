@@ -60,7 +60,7 @@ def gantt(ax, intervals, title: str = "", lanes: list[str] | None = None) -> Non
     kinds = sorted({bar.kind for bar in intervals})
     ax.legend(handles=[Patch(facecolor=colours[k], edgecolor=PALETTE[0] if k == "preempted" else "white",
                              hatch="///" if k == "preempted" else None, label=k) for k in kinds],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
 def markdown_table(headers: list[str], rows: list[list], missing: str = "–"):

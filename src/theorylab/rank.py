@@ -419,7 +419,7 @@ def plot_accounting(axes, rows: Sequence[dict], keys: Sequence[str], markers: di
             mine = [p for p in points if p["batch"] == b]
             ax.scatter([p["decay times"] for p in mine], [p[key] for p in mine], marker=marker, s=18, label=f"B = {b}")
         ax.set(xlabel=r"decay times $\mu\,\mathrm{wd}\,t$", ylabel=f"mean {key}", xscale="symlog", xlim=(-0.05, None))
-    axes[0].legend(fontsize=7)
+    axes[0].legend()
 
 
 def batch_rate_grid(widths: Sequence[int], split, seeds: Sequence[int], *, grid_size: int, steps: int, epochs: float,
@@ -746,12 +746,12 @@ def plot_paper_runs(axes, runs: Sequence[PaperRun], milestones: Sequence[int] = 
             x, colour = mean_rank(r.layers, relative=True), f"C{k}"
             axes[0].scatter(x, r.test_accuracy, marker="osDv^"[k % 5], color=colour,
                             label=net if r.wd == decays[0] else None)
-            axes[0].annotate(f"{r.wd:g}", (x, r.test_accuracy), fontsize=6)
+            axes[0].annotate(f"{r.wd:g}", (x, r.test_accuracy), fontsize=8)
             axes[1].plot([h["epoch"] for h in r.history], [h["mean relative rank"] for h in r.history],
                          ls=("-", "--", ":", "-.")[decays.index(r.wd) % 4], color=colour, label=f"{net}, wd={r.wd:g}")
     for m in milestones:
         axes[1].axvline(m, color="0.5", lw=0.8, ls=":")
     axes[0].set(xlabel="mean rank / full rank", ylabel="test accuracy", title="labels: wd")
     axes[1].set(xlabel="epoch", ylabel="mean rank / full rank")
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=5)
+    axes[0].legend()
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -637,7 +637,7 @@ def draw_heatmap(ax, c_grid: np.ndarray, a_grid: np.ndarray, ratio: np.ndarray, 
     """One log2-ratio map over (c, a), red where the second algorithm is slower, with the line a = c."""
     image = ax.pcolormesh(c_grid, a_grid, np.log2(ratio).T, cmap="RdBu", vmin=-2, vmax=2, shading="nearest")
     ax.plot([0, 0.99], [0, 0.99], "k--", linewidth=0.8)
-    ax.set_title(f"{title}: {ratio.min():.2f} to {ratio.max():.2f}", fontsize=9)
+    ax.set_title(f"{title}: {ratio.min():.2f} to {ratio.max():.2f}")
     ax.set_xlabel("c = d / t")
     ax.set_ylabel("acceptance a")
     return image
@@ -781,9 +781,9 @@ class PaperTable:
         ax.bar(x + 0.27, final, 0.27, label="simulator's rules R1-R5 (emulated)")
         ax.errorbar(x + 0.27, final, yerr=np.abs(self.bands.T - final), fmt="none", color="k", linewidth=0.8)
         ax.axhline(1, color="k", linewidth=0.6)
-        ax.set_xticks(x, [f"{r.target} {r.dataset}" for r in self.rows], fontsize=6.5, rotation=60, ha="right")
+        ax.set_xticks(x, [f"{r.target} {r.dataset}" for r in self.rows], fontsize=8, rotation=60, ha="right")
         ax.set_ylabel("DSI / SI speedup")
-        ax.legend(fontsize=7)
+        ax.legend()
 
     def text(self) -> str:
         """The table as text, rules numbered R1, R2, ... in the order they are switched on; measured

@@ -41,6 +41,15 @@ def test_markdown_and_notebook_hold_the_same_code(chapter):
     assert code_sources(paired) == code_sources(notebook), "run `theorylab refresh` to sync the pair"
 
 
+def test_notebook_holds_the_sources_tags_and_figure_metadata(chapter):
+    """The page is built from the .ipynb: its folding tags and figure captions must be the .md's."""
+    _, path, notebook = chapter
+    paired = jupytext.read(path.with_suffix(".md"))
+    for key in cli.SYNCED_METADATA:
+        assert [c.metadata.get(key) or None for c in paired.cells] == \
+            [c.metadata.get(key) or None for c in notebook.cells], f"{key}: run `theorylab refresh`"
+
+
 def test_notebook_was_executed_top_to_bottom_without_errors(chapter):
     _, _, notebook = chapter
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]

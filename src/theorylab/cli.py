@@ -281,6 +281,30 @@ def page_hash(root: Path, markdown: Path) -> str:
     return digest.hexdigest()
 
 
+SYNCED_METADATA = ("tags", "mystnb")
+"""Cell metadata the book renders from the .ipynb (folding, figure captions), kept equal to the .md's."""
+
+
+def sync_cell_metadata(markdown: Path, notebook: Path) -> None:
+    """Copy each cell's :data:`SYNCED_METADATA` from the MyST source to the paired notebook, cell by cell:
+    ``jupytext --update`` keeps the notebook's old values where the source added a tag to an empty
+    list, so a new ``hide-cell`` or caption would otherwise never reach the page."""
+    import jupytext
+    import nbformat
+
+    source = jupytext.read(markdown)
+    target = nbformat.read(notebook, as_version=4)
+    if [c.cell_type for c in source.cells] != [c.cell_type for c in target.cells]:
+        raise ValueError(f"{notebook}: its cells do not match {markdown} (sync them with jupytext first)")
+    for mine, theirs in zip(source.cells, target.cells, strict=True):
+        for key in SYNCED_METADATA:
+            if mine.metadata.get(key):
+                theirs.metadata[key] = mine.metadata[key]
+            else:
+                theirs.metadata.pop(key, None)
+    nbformat.write(target, notebook)
+
+
 def command_refresh(args: argparse.Namespace) -> int:
     """Sync each chapter's .ipynb from its .md and re-execute it (``ci`` profile) when stale."""
     import nbformat
@@ -294,6 +318,7 @@ def command_refresh(args: argparse.Namespace) -> int:
         markdown = notebook.with_suffix(".md")
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--update", "--to", "ipynb",
                         "--output", str(notebook), str(markdown)], check=True)
+        sync_cell_metadata(markdown, notebook)
         digest = page_hash(root, markdown)
         recorded = nbformat.read(notebook, as_version=4).metadata.get("theorylab", {})
         if recorded.get("source_hash") == digest and recorded.get("success") and not args.force:

@@ -1,6 +1,5 @@
 """The built site in a real browser, with the network cut off: headless Chromium opens a chapter
 served on 127.0.0.1 and must find theorem blocks, figures and typeset math (no raw TeX left)."""
-import functools
 import http.server
 import re
 import shutil
@@ -24,12 +23,51 @@ PAGES = {"chapters/contract-design.html": {"figures": 7, "statements": 10, "cite
          "chapters/canonical-representations.html": {"figures": 6, "statements": 5, "cited": "Radhakrishnan"}}
 
 
+# A page shown in a frame of a given width: headless Chromium's window is at least 500 px wide, so a
+# phone's 390 px viewport is the frame's. The frame's overflow report is copied out for --dump-dom.
+FRAME = """<!doctype html><html><body style="margin:0">
+<iframe id="frame" src="/{page}?measure-overflow" style="width:{width}px;height:900px;border:0"></iframe>
+<script>
+const poll = setInterval(function () {{
+  const inner = document.getElementById("frame").contentDocument;
+  const report = inner && inner.getElementById("overflow-report");
+  if (!report) return;
+  clearInterval(poll);
+  const out = document.createElement("pre");
+  out.id = "overflow-report";
+  out.textContent = report.textContent;
+  document.body.appendChild(out);
+}}, 100);
+</script></body></html>"""
+
+
+class SiteHandler(http.server.SimpleHTTPRequestHandler):
+    """The built site, plus ``/__frame__/WIDTH/PAGE``: PAGE in a frame WIDTH pixels wide."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(SITE), **kwargs)
+
+    def do_GET(self):
+        if not self.path.startswith("/__frame__/"):
+            return super().do_GET()
+        width, page = self.path.removeprefix("/__frame__/").split("/", 1)
+        body = FRAME.format(page=page, width=int(width)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep the test log quiet
+        pass
+
+
 @pytest.fixture(scope="module")
 def server():
     missing = [page for page in PAGES if not (SITE / page).exists()]
     if missing:
         pytest.fail(f"{missing} missing under {SITE}: build the book first (scripts/setup)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))
+    handler = SiteHandler
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -112,3 +150,32 @@ def test_executions_page_says_what_built_the_book_and_each_chapters_runs(server,
         assert page.split("/")[1].removesuffix(".html") in text
     assert text.count("all passed") == len(PAGES)
     assert "not yet run at full scale" in text or "seed(s) on" in text
+
+
+def overflow_report(server, page, width, tmp_path) -> dict:
+    """What ``_static/measure-overflow.js`` finds on ``page`` at a ``width``-pixel window: the formulas
+    wider than their text column (display and inline), those clipped with no scroll bar (lost), and
+    how far the page itself scrolls sideways."""
+    import html
+    import json
+
+    dom = chromium(f"--window-size={width + 50},950", "--dump-dom", f"{server}/__frame__/{width}/{page}",
+                   tmp_path=tmp_path)
+    found = re.search(r'<pre id="overflow-report">(.*?)</pre>', dom, flags=re.S)
+    assert found, f"{page}: no overflow report (MathJax did not finish, or the script is not loaded)"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_formulas_fit_the_column_on_a_desktop(server, page, tmp_path):
+    report = overflow_report(server, page, 1400, tmp_path)
+    assert report["page"] == 0
+    assert report["lost"] == []
+    assert report["displays"] == [] and report["inline"] == [], report
+
+
+def test_no_formula_is_cut_on_a_phone(server, page, tmp_path):
+    """At 390 px a long formula may scroll inside its own box (MathJax 3 does not break lines), but no
+    content is clipped and the page does not scroll sideways."""
+    report = overflow_report(server, page, 390, tmp_path)
+    assert report["page"] == 0, report
+    assert report["lost"] == [], report

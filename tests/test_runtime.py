@@ -202,3 +202,14 @@ def test_a_full_run_without_its_data_stops_in_configure_naming_the_set(tmp_path,
         runtime.configure("full", "cpu", 0, chapter="sparse-network-bounds")
     runtime.configure("full", "cpu", 0, chapter="sparse-network-bounds", smoke=True)  # stand-ins: no data needed
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]  # nothing half-downloaded left
+
+
+def test_background_runs_in_another_process_and_reuses_its_checkpoint(tmp_path, monkeypatch):
+    import math
+
+    monkeypatch.setenv("THEORYLAB_RUN_DIR", str(tmp_path))
+    cfg = runtime.configure("ci", "cpu", 0, chapter="contract-design", threads=None)
+    job = cfg.background("factorial", math.factorial, 20)
+    assert job.started and job.result() == math.factorial(20)
+    again = cfg.background("factorial", math.factorial, 20)
+    assert not again.started and again.result() == math.factorial(20)  # from the checkpoint

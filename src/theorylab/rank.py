@@ -378,6 +378,12 @@ def cnn_runs(split, weight_decays: Sequence[float], seeds: Sequence[int], *, ste
     return rows
 
 
+def cnn_runs_on(device: str, split, weight_decays: Sequence[float], seeds: Sequence[int], **options) -> list[dict]:
+    """:func:`cnn_runs` with ``split`` moved to ``device`` first (for a separate process: a split is
+    passed on the host and moved there)."""
+    return cnn_runs(on_device(split, device), weight_decays, seeds, **options)
+
+
 def matched_accuracy_rank(rows: Sequence[dict], seed: int, target_accuracy: float) -> dict:
     """The control for under-training: in the run without weight decay of ``seed``, the first recorded step
     whose test accuracy reaches ``target_accuracy`` (the last step if none does), with its rank."""

@@ -169,6 +169,28 @@ class Config:
         return (self.profile == "ci" and not self.smoke and self.device.type == "cpu"
                 and jsonable(self.params) == jsonable({k: reference[k] for k in self.params}))
 
+    def has_checkpoint(self, name: str) -> bool:
+        """Whether :meth:`checkpoint` would return a saved value for ``name`` without computing."""
+        if self.run_dir is None:
+            return False
+        path = self.run_dir / "checkpoints" / f"{name}.pkl"
+        if not path.exists():
+            return False
+        with path.open("rb") as handle:
+            saved_key, _ = pickle.load(handle)
+        return saved_key == self._checkpoint_key()
+
+    def _checkpoint_key(self) -> str:
+        return json.dumps([self.chapter, self.profile, self.smoke, self.seed, jsonable(self.params)])
+
+    def background(self, name: str, function: Callable, *args: Any, **kwargs: Any) -> Background:
+        """Start ``function(*args, **kwargs)`` in a separate process now and return a handle whose
+        ``result()`` waits for it and saves it as checkpoint ``name`` (a saved one is reused and no
+        process starts). ``function`` must be importable (defined in a module, not in the notebook).
+        A ``ci`` run is given two cores and one torch thread: independent experiments of a chapter can
+        run side by side, each single-threaded, with the numbers they would have in sequence."""
+        return Background(self, name, function, args, kwargs)
+
     def checkpoint(self, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, saved under ``checkpoints/NAME.pkl`` of a CLI run and reused on resume.
 
@@ -179,7 +201,7 @@ class Config:
             return compute()
         if not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"checkpoint name: got {name!r}, expected letters, digits, '_' or '-'")
-        key = json.dumps([self.chapter, self.profile, self.smoke, self.seed, jsonable(self.params)])
+        key = self._checkpoint_key()
         path = self.run_dir / "checkpoints" / f"{name}.pkl"
         if path.exists():
             with path.open("rb") as handle:
@@ -193,6 +215,46 @@ class Config:
             pickle.dump((key, value), handle)
         partial.replace(path)  # atomic: an interrupted run never leaves a truncated checkpoint
         return value
+
+
+class Background:
+    """A computation running in a separate process (see :meth:`Config.background`); :meth:`result`
+    waits for it, or returns the saved checkpoint without having started anything."""
+
+    def __init__(self, config: Any, name: str, function: Callable, args: tuple, kwargs: dict):
+        self._config, self._name = config, name
+        self._future = self._executor = None
+        if not config.has_checkpoint(name):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            import torch
+
+            # a fresh interpreter with the parent's thread count: the same single-threaded kernels,
+            # so the numbers are those the parent would compute, on the second core the budget grants
+            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_background_init, initargs=(torch.get_num_threads(),))
+            self._future = self._executor.submit(function, *args, **kwargs)
+
+    @property
+    def started(self) -> bool:
+        """Whether a process was started (``False`` when a checkpoint held the result)."""
+        return self._future is not None
+
+    def result(self) -> Any:
+        try:
+            return self._config.checkpoint(self._name, lambda: self._future.result())
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+
+
+def _background_init(threads: int) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
 
 
 def jsonable(value: Any) -> Any:
